@@ -1,0 +1,20 @@
+# The brain-alignment pipeline: features -> encoders -> scores -> brain maps and reports.
+# Science parameters live in config.yaml; cluster resources in profiles/.
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/features.smk"
+include: "workflow/rules/encoders.smk"
+include: "workflow/rules/scores.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        all_reports(),
+        "results/summary.txt",
+    default_target: True

@@ -1,0 +1,86 @@
+"""Validating config.yaml at start-up: schema (typos, types) and cross-references.
+
+The workflow calls :func:`check_config` before building the DAG, so a typo fails in a second
+with a message naming the key, not an hour later inside a job.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+
+import yaml
+
+from alignment.io import InputError
+
+
+def _path(error) -> str:
+    return ".".join(str(p) for p in error.absolute_path) or "(top level)"
+
+
+def _describe(error, schema: dict) -> str:
+    """One readable line for a jsonschema error, with a suggestion for a misspelt key."""
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = [k for k in error.instance if k not in allowed]
+        hints = []
+        for key in extra:
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        where = _path(error)
+        return f"{where}: unknown key {', '.join(hints)}; allowed keys: {allowed}" if allowed else (
+            f"{where}: unknown key {', '.join(hints)}")
+    return f"{_path(error)}: {error.message}"
+
+
+def check_config(config: dict, schema_path: str | Path, source: str = "config.yaml") -> dict:
+    """Validate a config against the schema and check that every name it uses is defined.
+
+    Parameters
+    ----------
+    config : dict
+        The loaded config.
+    schema_path : path-like
+        workflow/schemas/config.schema.yaml.
+    source : str
+        Name of the config file for messages.
+
+    Returns
+    -------
+    The config (unchanged). Raises :class:`~alignment.io.InputError` listing every problem.
+    """
+    import jsonschema
+
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    problems = [_describe(e, schema) for e in sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))]
+    if not problems:
+        models = config.get("models", {})
+        encoders = config.get("encoders", {})
+        for name, ds in config.get("datasets", {}).items():
+            for model in ds.get("models", []):
+                if model not in models:
+                    close = difflib.get_close_matches(model, list(models), n=1)
+                    problems.append(f"datasets.{name}.models: {model!r} is not defined under models"
+                                    + (f" (did you mean {close[0]!r}?)" if close else ""))
+                elif (models[model].get("modality") == "image") != (ds["kind"] == "images"):
+                    problems.append(f"datasets.{name}: model {model!r} is a {models[model]['modality']} model "
+                                    f"but the dataset is {ds['kind']}")
+            for enc in ds.get("encoders", []):
+                if enc not in encoders:
+                    problems.append(f"datasets.{name}.encoders: {enc!r} is not defined under encoders")
+            if ds.get("kind") == "narrative" and len(ds.get("subjects", [])) < 2:
+                problems.append(f"datasets.{name}: a narrative needs >= 2 subjects for the inter-subject ceiling")
+        for name, spec in models.items():
+            if spec.get("kind", "huggingface") == "huggingface" and "source" not in spec:
+                problems.append(f"models.{name}: 'source' (local folder or Hugging Face id) is required")
+    if problems:
+        raise InputError(f"{source}: " + "; ".join(problems))
+    return config
+
+
+def config_hash(config: dict) -> str:
+    """Short hash of the whole config (provenance)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]

@@ -1,0 +1,283 @@
+"""Cross-validated encoding scores per layer: the CV loop and statistics that every encoder shares.
+
+The same folds, ceilings and null serve every encoder, so encoders compare like for like
+(DESIGN.md sections 4-5):
+
+- **images**: trials z-scored per session; folds split by image (all repeats of an image fall on
+  one side); the model is trained on repeat-averaged (or single-trial) responses of the training
+  images and tested on the repeat-averaged responses of held-out images; r is computed on the
+  pooled out-of-fold predictions; the null permutes stimulus labels within each test fold.
+- **narratives**: responses detrended and z-scored per run; word features Lanczos-resampled to
+  TRs, z-scored per run and FIR-delayed; contiguous folds with a gap of a few TRs; r is computed
+  within each test fold and averaged (never on predictions concatenated across folds); the null
+  circularly shifts the predictions within each test fold.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import xarray as xr
+from tqdm.auto import tqdm
+
+from alignment import __version__, dims, folds, timeseries
+from alignment.data.responses import align_ids, average_repeats, row_dim
+from alignment.encoders.ridge import make_encoder
+from alignment.io import InputError
+from alignment.metrics import ceilings, correlation, stats
+
+log = logging.getLogger(__name__)
+
+CV_DEFAULTS = {"n_folds": 5, "inner_folds": 5, "gap_trs": 3, "train_on": "mean", "random_state": 0}
+STATS_DEFAULTS = {"n_permutations": 1000, "fdr_alpha": 0.05, "random_state": 0}
+TIMESERIES_DEFAULTS = {"delays": [1, 2, 3, 4], "detrend": "savgol", "detrend_order": 2,
+                       "savgol_window_s": 120.0, "lanczos_window": 3}
+
+
+@dataclass
+class Design:
+    """Everything a CV loop needs: targets, folds, how to score and how to build a null."""
+
+    Y: np.ndarray  # (n_samples_scored, n_voxels): the responses predictions are scored against
+    folds: list  # outer (train, test) over rows of Y
+    kind: str  # "images" or "narrative"
+    train_rows: np.ndarray | None = None  # images, train_on="trials": image row of every trial
+    Y_train: np.ndarray | None = None  # images, train_on="trials": trial responses
+    train_groups: np.ndarray | None = None
+    runs: np.ndarray | None = None  # narratives: run of each TR
+
+
+def image_design(responses: xr.Dataset, cv: dict) -> tuple[Design, np.ndarray]:
+    """Targets and folds for an image experiment; returns the design and the image ids."""
+    cv = {**CV_DEFAULTS, **cv}
+    values = responses[dims.RESPONSES].values
+    ids = responses[dims.STIMULUS_ID].values.astype(str)
+    sessions = responses[dims.SESSION].values if dims.SESSION in responses.coords else None
+    Y = timeseries.zscore_runs(values, sessions, allow_constant=True)
+    means, unique = average_repeats(Y, ids)
+    trial_folds = folds.grouped_folds(ids, cv["n_folds"], cv["random_state"])
+    position = {sid: i for i, sid in enumerate(unique)}
+    image_folds = []
+    for train, test in trial_folds:
+        tr_img = np.unique([position[s] for s in ids[train]])
+        te_img = np.unique([position[s] for s in ids[test]])
+        if np.intersect1d(tr_img, te_img).size:
+            raise RuntimeError("an image fell on both sides of a fold")  # guards grouped_folds
+        image_folds.append((tr_img, te_img))
+    design = Design(Y=means, folds=image_folds, kind="images")
+    if cv["train_on"] == "trials":
+        design.train_rows = np.array([position[s] for s in ids])
+        design.Y_train = Y
+        design.train_groups = ids
+    elif cv["train_on"] != "mean":
+        raise InputError(f"cv.train_on must be 'mean' or 'trials', got {cv['train_on']!r}")
+    return design, unique
+
+
+def image_features_matrix(layer: xr.DataArray, image_ids, features_source: str, responses_source: str) -> np.ndarray:
+    """Rows of one layer's features in the order of ``image_ids`` (matched by stimulus id)."""
+    idx = align_ids(image_ids, layer[dims.STIMULUS_ID].values, wanted_source=responses_source,
+                    available_source=features_source)
+    return np.asarray(layer.values, dtype=np.float32)[idx]
+
+
+def narrative_design(responses: xr.Dataset, cv: dict, ts: dict) -> Design:
+    """Detrended, per-run z-scored targets and blocked folds for a narrative experiment."""
+    cv, ts = {**CV_DEFAULTS, **cv}, {**TIMESERIES_DEFAULTS, **ts}
+    runs = responses[dims.RUN].values.astype(str)
+    tr = float(responses.attrs.get("tr", 0))
+    if tr <= 0:
+        raise InputError("narrative responses need a positive 'tr' attribute (seconds)")
+    kwargs = {"order": ts["detrend_order"]} if ts["detrend"] == "polynomial" else {
+        "window": int(round(ts["savgol_window_s"] / tr)) | 1}
+    Y = timeseries.detrend(responses[dims.RESPONSES].values, runs=runs, method=ts["detrend"], **kwargs)
+    Y = timeseries.zscore_runs(Y, runs, allow_constant=True)
+    outer = folds.blocked_folds(len(Y), cv["n_folds"], cv["gap_trs"], runs=runs if cv["n_folds"] == "runs" else None)
+    return Design(Y=Y, folds=outer, kind="narrative", runs=runs)
+
+
+def narrative_features_matrix(layer: xr.DataArray, responses: xr.Dataset, ts: dict, features_source: str) -> np.ndarray:
+    """Word features of one layer resampled to the responses' TRs, z-scored and FIR-delayed."""
+    ts = {**TIMESERIES_DEFAULTS, **ts}
+    tr = float(responses.attrs["tr"])
+    start = float(responses.attrs.get("first_volume_time", 0.0))
+    runs = responses[dims.RUN].values.astype(str)
+    word_runs = layer[dims.RUN].values.astype(str)
+    missing = sorted(set(np.unique(runs)) - set(np.unique(word_runs)))
+    if missing:
+        raise InputError(
+            f"runs {missing} of the responses have no words in {features_source} "
+            f"(its runs: {sorted(set(word_runs))}); the word timings must cover every run"
+        )
+    values = np.asarray(layer.values, dtype=np.float32)
+    onsets = layer[dims.ONSET].values
+    parts = []
+    for run in dict.fromkeys(runs):  # order of appearance
+        n_tr = int((runs == run).sum())
+        sel = word_runs == run
+        parts.append(timeseries.lanczos_resample(values[sel], onsets[sel], timeseries.tr_times(n_tr, tr, start),
+                                                 window=ts["lanczos_window"]))
+    X = timeseries.zscore_runs(np.concatenate(parts), runs, allow_constant=True)
+    return timeseries.fir_delays(X, ts["delays"], runs=runs)
+
+
+def cross_validated_predictions(X: np.ndarray, design: Design, encoder_spec: dict, cv: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold predictions of every scored row, and the per-voxel alpha of each fold.
+
+    Returns
+    -------
+    predictions : ndarray, same shape as ``design.Y``
+    alphas : ndarray (n_folds, n_voxels)
+    """
+    cv = {**CV_DEFAULTS, **cv}
+    pred = np.zeros_like(design.Y)
+    alphas = []
+    for train, test in design.folds:
+        if design.kind == "images" and design.Y_train is not None:
+            trial_rows = np.flatnonzero(np.isin(design.train_rows, train))
+            X_train, Y_train = X[design.train_rows[trial_rows]], design.Y_train[trial_rows]
+            inner = folds.inner_folds(trial_rows, groups=design.train_groups, n_folds=cv["inner_folds"],
+                                      kind="grouped", random_state=cv["random_state"])
+        elif design.kind == "images":
+            X_train, Y_train = X[train], design.Y[train]
+            inner = folds.inner_folds(train, n_folds=cv["inner_folds"], kind="grouped",
+                                      random_state=cv["random_state"])
+        else:
+            X_train, Y_train = X[train], design.Y[train]
+            inner = folds.inner_folds(train, n_folds=cv["inner_folds"], gap=cv["gap_trs"], kind="blocked")
+        encoder = make_encoder(encoder_spec, cv=inner).fit(X_train, Y_train)
+        pred[test] = encoder.predict(X[test])
+        alphas.append(encoder.best_alphas_)
+    return pred, np.asarray(alphas)
+
+
+def score_predictions(design: Design, pred: np.ndarray, stats_spec: dict) -> dict[str, np.ndarray]:
+    """r, R², permutation p and the null's mean and 95th percentile per voxel."""
+    stats_spec = {**STATS_DEFAULTS, **stats_spec}
+    test_folds = [test for _, test in design.folds]
+    if design.kind == "images":
+        r2 = correlation.r2_score(design.Y, pred)
+        null = stats.permutation_null(design.Y, pred, n_permutations=stats_spec["n_permutations"],
+                                      test_folds=test_folds, kind="permute",
+                                      random_state=stats_spec["random_state"])
+    else:
+        r2 = correlation.foldwise(correlation.r2_score, design.Y, pred, test_folds)
+        null = stats.permutation_null(design.Y, pred, n_permutations=stats_spec["n_permutations"],
+                                      test_folds=test_folds, kind="circular",
+                                      random_state=stats_spec["random_state"])
+    return {dims.R: null.r, dims.R2: r2, dims.P: null.p, dims.R_NULL_MEAN: null.null_mean,
+            dims.R_NULL_P95: null.null_p95}
+
+
+def score_layers(
+    responses: xr.Dataset,
+    layers: dict[str, xr.DataArray],
+    *,
+    encoder_spec: dict,
+    cv: dict,
+    stats_spec: dict,
+    timeseries_spec: dict | None = None,
+    ceiling: np.ndarray | None = None,
+    features_source: str = "features",
+    responses_source: str = "responses",
+    attrs: dict | None = None,
+) -> xr.Dataset:
+    """Fit and score an encoder for every layer of a model against one subject's responses.
+
+    Parameters
+    ----------
+    responses : Dataset
+        Validated Responses (images or narrative).
+    layers : dict of layer name to DataArray
+        Features per layer (stimulus or word rows).
+    encoder_spec, cv, stats_spec, timeseries_spec : dict
+        Config sections (defaults in this module).
+    ceiling : ndarray (n_voxels,), optional
+        Noise ceiling (fraction of variance) stored with the scores.
+    features_source, responses_source : str
+        File names used in error messages.
+    attrs : dict
+        Provenance to store.
+
+    Returns
+    -------
+    Scores Dataset with dims (layer, voxel): r, r2, p, q, r_null_mean, r_null_p95, alpha, and
+    ceiling (voxel).
+    """
+    stats_spec = {**STATS_DEFAULTS, **stats_spec}
+    timeseries_spec = timeseries_spec or {}
+    narrative = row_dim(responses) == dims.TIME
+    if narrative:
+        design = narrative_design(responses, cv, timeseries_spec)
+    else:
+        design, image_ids = image_design(responses, cv)
+    out: dict[str, list] = {}
+    for name, layer in tqdm(layers.items(), desc="layers", unit="layer"):
+        if narrative:
+            X = narrative_features_matrix(layer, responses, timeseries_spec, features_source)
+        else:
+            X = image_features_matrix(layer, image_ids, features_source, responses_source)
+        pred, alphas = cross_validated_predictions(X, design, encoder_spec, cv)
+        scores = score_predictions(design, pred, stats_spec)
+        scores[dims.Q] = stats.fdr_bh(scores[dims.P])
+        scores[dims.ALPHA] = np.median(alphas, axis=0)
+        for key, value in scores.items():
+            out.setdefault(key, []).append(np.asarray(value, dtype=np.float32))
+        log.info("%s: median r %.3f, max r %.3f", name, np.nanmedian(scores[dims.R]), np.nanmax(scores[dims.R]))
+    layer_names = list(layers)
+    voxel_coords = {c: (dims.VOXEL, responses[c].values) for c in (dims.ROI, dims.HEMI, dims.VERTEX)
+                    if c in responses.coords}
+    ds = xr.Dataset(
+        {key: ((dims.LAYER, dims.VOXEL), np.stack(vals)) for key, vals in out.items()},
+        coords={dims.LAYER: layer_names, "layer_index": (dims.LAYER, np.arange(len(layer_names))), **voxel_coords},
+    )
+    if ceiling is not None:
+        ds[dims.CEILING] = (dims.VOXEL, np.asarray(ceiling, dtype=np.float32))
+    ds.attrs = {
+        **responses.attrs,
+        **(attrs or {}),
+        "n_permutations": stats_spec["n_permutations"],
+        "fdr_alpha": stats_spec["fdr_alpha"],
+        "null_kind": "circular shift" if narrative else "permuted stimulus labels",
+        "scoring": "within each test fold" if narrative else "pooled out-of-fold",
+        "n_folds": str(cv.get("n_folds", CV_DEFAULTS["n_folds"])),
+        "package_version": __version__,
+    }
+    return ds
+
+
+def noise_ceiling(
+    responses: list[xr.Dataset], index: int, timeseries_spec: dict | None = None, sources: list[str] | None = None
+) -> xr.Dataset:
+    """Noise ceiling (fraction of variance, R² scale) of subject ``responses[index]``.
+
+    Image experiments use the subject's own repeats (NSD ncsnr, for the mean of its repeats).
+    Narratives heard by several subjects use the inter-subject correlation of the same
+    preprocessed responses the encoders are scored on (detrended, z-scored per run).
+    """
+    sources = sources or [f"responses[{i}]" for i in range(len(responses))]
+    subject = responses[index]
+    if row_dim(subject) == dims.STIMULUS:
+        sessions = subject[dims.SESSION].values if dims.SESSION in subject.coords else None
+        result = ceilings.ncsnr_ceiling(subject[dims.RESPONSES].values, subject[dims.STIMULUS_ID].values,
+                                        sessions=sessions)
+        values, method = result.ceiling, "ncsnr (NSD), mean of repeats"
+        extra = {"ncsnr": (dims.VOXEL, result.ncsnr.astype(np.float32))}
+    else:
+        if len(responses) < 2:
+            raise InputError(f"{sources[index]}: an inter-subject ceiling needs at least 2 subjects")
+        prepared = []
+        for ds, src in zip(responses, sources, strict=True):
+            if ds.sizes[dims.TIME] != subject.sizes[dims.TIME] or ds.sizes[dims.VOXEL] != subject.sizes[dims.VOXEL]:
+                raise InputError(f"{src}: shape {dict(ds.sizes)} differs from {sources[index]} "
+                                 f"{dict(subject.sizes)}; inter-subject ceilings need one shared space and timing")
+            prepared.append(narrative_design(ds, {}, timeseries_spec or {}).Y)
+        # "ratio" stays unbiased when subjects differ in noise level; it needs 3 subjects
+        isc_method = "ratio" if len(prepared) >= 3 else "pairwise"
+        values = ceilings.isc_ceiling(np.stack(prepared), method=isc_method)[index]
+        method, extra = f"inter-subject correlation ({isc_method})", {}
+    coords = {c: (dims.VOXEL, subject[c].values) for c in (dims.ROI, dims.HEMI, dims.VERTEX) if c in subject.coords}
+    return xr.Dataset({dims.CEILING: (dims.VOXEL, np.asarray(values, dtype=np.float32)), **extra}, coords=coords,
+                      attrs={**subject.attrs, "method": method})

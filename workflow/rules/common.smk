@@ -1,0 +1,54 @@
+# Config validation at start-up, and the small functions that map wildcards onto config entries.
+import json
+import shlex
+
+from alignment.config import check_config, config_hash
+
+check_config(config, workflow.source_path("../schemas/config.schema.yaml"))
+
+CONFIG_HASH = config_hash(config)
+DATASETS = config["datasets"]
+# BLAS/torch threads follow the threads Snakemake grants a job
+THREADS_ENV = "OMP_NUM_THREADS={threads} OPENBLAS_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"
+
+
+def as_arg(obj):
+    """A config section as one shell-quoted JSON argument."""
+    return shlex.quote(json.dumps(obj, sort_keys=True))
+
+
+def dataset_encoders(dataset):
+    return DATASETS[dataset].get("encoders", list(config["encoders"]))
+
+
+def responses_path(dataset, subject):
+    return DATASETS[dataset]["responses"].format(subject=subject)
+
+
+def subject_scores(subject):
+    return [
+        f"results/sub-{subject}/{dataset}/{model}/{encoder}/scores.nc"
+        for dataset, spec in DATASETS.items()
+        if subject in spec["subjects"]
+        for model in spec["models"]
+        for encoder in dataset_encoders(dataset)
+    ]
+
+
+def all_subjects():
+    return sorted({s for spec in DATASETS.values() for s in spec["subjects"]})
+
+
+def all_reports():
+    return [f"results/sub-{subject}/report.html" for subject in all_subjects()]
+
+
+def all_scores():
+    return [path for subject in all_subjects() for path in subject_scores(subject)]
+
+
+wildcard_constraints:
+    subject="[^/]+",
+    dataset="[^/]+",
+    model="[^/]+",
+    encoder="[^/]+",

@@ -1,0 +1,24 @@
+# Layerwise features of each dataset's stimulus set, one zarr store per model.
+
+
+rule features:
+    input:
+        stimuli=lambda wildcards: DATASETS[wildcards.dataset]["stimuli"],
+    output:
+        directory("results/features/{dataset}/{model}.zarr"),
+    params:
+        # every spec entry that changes the numbers is a param, so a change reruns the rule
+        spec=lambda wildcards: as_arg(config["models"][wildcards.model]),
+    log:
+        "results/logs/features/{dataset}/{model}.log",
+    benchmark:
+        "results/benchmarks/features/{dataset}/{model}.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../../environment.yml"
+    shell:
+        THREADS_ENV + " alignment features --model {wildcards.model} --spec {params.spec}"
+        " --stimuli {input.stimuli} --out {output} > {log} 2>&1"

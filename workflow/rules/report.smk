@@ -1,0 +1,30 @@
+# One self-contained HTML report per subject: layer profiles, brain maps, ROI tables, provenance.
+
+
+rule report:
+    input:
+        scores=lambda wildcards: subject_scores(wildcards.subject),
+    output:
+        report(
+            "results/sub-{subject}/report.html",
+            caption="../report/subject_report.rst",
+            category="Subject reports",
+        ),
+    params:
+        config=lambda wildcards: as_arg(config),
+        truth=lambda wildcards: (
+            f"--truth {config['report']['truth']}" if config.get("report", {}).get("truth") else ""
+        ),
+    log:
+        "results/logs/report/sub-{subject}.log",
+    benchmark:
+        "results/benchmarks/report/sub-{subject}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    conda:
+        "../../environment.yml"
+    shell:
+        "alignment report --subject {wildcards.subject} --scores {input.scores}"
+        " --config-json {params.config} {params.truth} --out {output} > {log} 2>&1"

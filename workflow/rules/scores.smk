@@ -1,0 +1,24 @@
+# The short summary of every score, printed at the end of a run.
+
+
+rule summary:
+    input:
+        all_scores(),
+    output:
+        report(
+            "results/summary.txt",
+            caption="../report/summary.rst",
+            category="Summary",
+        ),
+    log:
+        "results/logs/summary.log",
+    benchmark:
+        "results/benchmarks/summary.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../../environment.yml"
+    shell:
+        "alignment summary --scores {input} --out {output} > {log} 2>&1"
