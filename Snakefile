@@ -14,7 +14,7 @@ include: "workflow/rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         all_reports(),
         "results/summary.txt",
-    default_target: True

@@ -33,10 +33,10 @@ def cmd_demo_data(args) -> None:
 
 
 def _read_stimuli(path: str):
+    import pandas as pd
+
     from alignment.stimuli.images import read_image_table
     from alignment.stimuli.narrative import read_word_table
-
-    import pandas as pd
 
     p = Path(path)
     if p.suffix.lower() == ".textgrid":
@@ -57,13 +57,17 @@ def cmd_features(args) -> None:
 
 
 def cmd_ceiling(args) -> None:
-    from alignment.evaluation import noise_ceiling
     from alignment.data.responses import load_responses
+    from alignment.evaluation import noise_ceiling
     from alignment.io import write_netcdf
 
     responses = [load_responses(p, on_bad_voxels=args.on_bad_voxels) for p in args.responses]
-    ds = noise_ceiling(responses, index=args.index, timeseries_spec=args.timeseries,
-                       sources=[str(p) for p in args.responses])
+    ds = noise_ceiling(
+        responses,
+        index=args.index,
+        timeseries_spec=args.timeseries,
+        sources=[str(p) for p in args.responses],
+    )
     write_netcdf(ds, args.out)
 
 
@@ -79,8 +83,10 @@ def cmd_encode(args) -> None:
     if args.ceiling:
         c = read_netcdf(args.ceiling)
         if c.sizes["voxel"] != responses.sizes["voxel"]:
-            raise InputError(f"{args.ceiling}: {c.sizes['voxel']} voxels, but {args.responses} has "
-                             f"{responses.sizes['voxel']}")
+            raise InputError(
+                f"{args.ceiling}: {c.sizes['voxel']} voxels, but {args.responses} has "
+                f"{responses.sizes['voxel']}"
+            )
         ceiling = c["ceiling"].values
     attrs = {
         "model": feat_attrs.get("model", ""),
@@ -88,13 +94,23 @@ def cmd_encode(args) -> None:
         "model_revision": feat_attrs.get("model_revision", ""),
         "model_cache_key": feat_attrs.get("cache_key", ""),
         "untrained": int(bool(feat_attrs.get("untrained", False))),
+        "control": int(feat_attrs.get("control", 0)),
         "encoder": args.encoder,
         "ceiling_method": c.attrs.get("method", "") if args.ceiling else "",
         **args.attrs,
     }
-    scores = score_layers(responses, layers, encoder_spec=args.encoder_spec, cv=args.cv, stats_spec=args.stats,
-                          timeseries_spec=args.timeseries, ceiling=ceiling, features_source=str(args.features),
-                          responses_source=str(args.responses), attrs=attrs)
+    scores = score_layers(
+        responses,
+        layers,
+        encoder_spec=args.encoder_spec,
+        cv=args.cv,
+        stats_spec=args.stats,
+        timeseries_spec=args.timeseries,
+        ceiling=ceiling,
+        features_source=str(args.features),
+        responses_source=str(args.responses),
+        attrs=attrs,
+    )
     write_netcdf(scores, args.out)
 
 
@@ -105,7 +121,9 @@ def cmd_report(args) -> None:
     scores = [read_netcdf(p) for p in args.scores]
     truth = read_json(args.truth) if args.truth else None
     config = args.config_json
-    write_subject_report(args.out, args.subject, scores, config=config, provenance=_provenance(), truth=truth)
+    write_subject_report(
+        args.out, args.subject, scores, config=config, provenance=_provenance(), truth=truth
+    )
 
 
 def cmd_summary(args) -> None:
@@ -123,8 +141,17 @@ def _provenance() -> dict:
     from importlib import metadata
 
     versions = {"python": platform.python_version(), "alignment": __version__}
-    for pkg in ("numpy", "scipy", "torch", "transformers", "himalaya", "nilearn", "xarray", "scikit-learn",
-                "snakemake"):
+    for pkg in (
+        "numpy",
+        "scipy",
+        "torch",
+        "transformers",
+        "himalaya",
+        "nilearn",
+        "xarray",
+        "scikit-learn",
+        "snakemake",
+    ):
         try:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -139,7 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="verb", required=True)
 
-    p = sub.add_parser("demo-data", help="generate the synthetic demo dataset with its planted truth")
+    p = sub.add_parser(
+        "demo-data", help="generate the synthetic demo dataset with its planted truth"
+    )
     p.add_argument("--out", default="data/demo")
     p.add_argument("--params", type=_json, default={}, help="JSON overrides of the demo parameters")
     p.set_defaults(func=cmd_demo_data)
@@ -147,13 +176,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("features", help="extract layerwise features of a stimulus set")
     p.add_argument("--model", required=True, help="model name in the config")
     p.add_argument("--spec", type=_json, required=True, help="model spec (JSON)")
-    p.add_argument("--stimuli", required=True, help="image table (stimulus_id, path) or word timings")
+    p.add_argument(
+        "--stimuli", required=True, help="image table (stimulus_id, path) or word timings"
+    )
     p.add_argument("--out", required=True, help="zarr store to write")
     p.set_defaults(func=cmd_features)
 
     p = sub.add_parser("ceiling", help="noise ceiling of one subject (repeats, or inter-subject)")
-    p.add_argument("--responses", nargs="+", required=True, help="responses of every subject of the dataset")
-    p.add_argument("--index", type=int, required=True, help="position of the subject in --responses")
+    p.add_argument(
+        "--responses", nargs="+", required=True, help="responses of every subject of the dataset"
+    )
+    p.add_argument(
+        "--index", type=int, required=True, help="position of the subject in --responses"
+    )
     p.add_argument("--timeseries", type=_json, default={})
     p.add_argument("--on-bad-voxels", default="error", choices=["error", "drop"])
     p.add_argument("--out", required=True)
@@ -176,7 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="per-subject HTML report")
     p.add_argument("--subject", required=True)
     p.add_argument("--scores", nargs="+", required=True)
-    p.add_argument("--config-json", type=_json, default={}, help="the run's config (JSON), shown as provenance")
+    p.add_argument(
+        "--config-json", type=_json, default={}, help="the run's config (JSON), shown as provenance"
+    )
     p.add_argument("--truth", help="planted truth (demo)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_report)
@@ -191,8 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     """Entry point of the ``alignment`` console script."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         args.func(args)
     except InputError as err:

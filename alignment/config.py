@@ -30,8 +30,11 @@ def _describe(error, schema: dict) -> str:
             close = difflib.get_close_matches(key, allowed, n=1)
             hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         where = _path(error)
-        return f"{where}: unknown key {', '.join(hints)}; allowed keys: {allowed}" if allowed else (
-            f"{where}: unknown key {', '.join(hints)}")
+        return (
+            f"{where}: unknown key {', '.join(hints)}; allowed keys: {allowed}"
+            if allowed
+            else (f"{where}: unknown key {', '.join(hints)}")
+        )
     return f"{_path(error)}: {error.message}"
 
 
@@ -55,7 +58,10 @@ def check_config(config: dict, schema_path: str | Path, source: str = "config.ya
 
     schema = yaml.safe_load(Path(schema_path).read_text())
     validator = jsonschema.Draft202012Validator(schema)
-    problems = [_describe(e, schema) for e in sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))]
+    problems = [
+        _describe(e, schema)
+        for e in sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    ]
     if not problems:
         models = config.get("models", {})
         encoders = config.get("encoders", {})
@@ -63,19 +69,29 @@ def check_config(config: dict, schema_path: str | Path, source: str = "config.ya
             for model in ds.get("models", []):
                 if model not in models:
                     close = difflib.get_close_matches(model, list(models), n=1)
-                    problems.append(f"datasets.{name}.models: {model!r} is not defined under models"
-                                    + (f" (did you mean {close[0]!r}?)" if close else ""))
+                    problems.append(
+                        f"datasets.{name}.models: {model!r} is not defined under models"
+                        + (f" (did you mean {close[0]!r}?)" if close else "")
+                    )
                 elif (models[model].get("modality") == "image") != (ds["kind"] == "images"):
-                    problems.append(f"datasets.{name}: model {model!r} is a {models[model]['modality']} model "
-                                    f"but the dataset is {ds['kind']}")
+                    problems.append(
+                        f"datasets.{name}: model {model!r} is a {models[model]['modality']} model "
+                        f"but the dataset is {ds['kind']}"
+                    )
             for enc in ds.get("encoders", []):
                 if enc not in encoders:
-                    problems.append(f"datasets.{name}.encoders: {enc!r} is not defined under encoders")
+                    problems.append(
+                        f"datasets.{name}.encoders: {enc!r} is not defined under encoders"
+                    )
             if ds.get("kind") == "narrative" and len(ds.get("subjects", [])) < 2:
-                problems.append(f"datasets.{name}: a narrative needs >= 2 subjects for the inter-subject ceiling")
+                problems.append(
+                    f"datasets.{name}: a narrative needs >= 2 subjects (inter-subject ceiling)"
+                )
         for name, spec in models.items():
             if spec.get("kind", "huggingface") == "huggingface" and "source" not in spec:
-                problems.append(f"models.{name}: 'source' (local folder or Hugging Face id) is required")
+                problems.append(
+                    f"models.{name}: 'source' (local folder or Hugging Face id) is required"
+                )
     if problems:
         raise InputError(f"{source}: " + "; ".join(problems))
     return config

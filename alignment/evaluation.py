@@ -6,7 +6,8 @@ The same folds, ceilings and null serve every encoder, so encoders compare like 
 - **images**: trials z-scored per session; folds split by image (all repeats of an image fall on
   one side); the model is trained on repeat-averaged (or single-trial) responses of the training
   images and tested on the repeat-averaged responses of held-out images; r is computed on the
-  pooled out-of-fold predictions; the null permutes stimulus labels within each test fold.
+  pooled out-of-fold predictions after centring each test fold; the null permutes stimulus
+  labels within each test fold.
 - **narratives**: responses detrended and z-scored per run; word features Lanczos-resampled to
   TRs, z-scored per run and FIR-delayed; contiguous folds with a gap of a few TRs; r is computed
   within each test fold and averaged (never on predictions concatenated across folds); the null
@@ -32,8 +33,13 @@ log = logging.getLogger(__name__)
 
 CV_DEFAULTS = {"n_folds": 5, "inner_folds": 5, "gap_trs": 3, "train_on": "mean", "random_state": 0}
 STATS_DEFAULTS = {"n_permutations": 1000, "fdr_alpha": 0.05, "random_state": 0}
-TIMESERIES_DEFAULTS = {"delays": [1, 2, 3, 4], "detrend": "savgol", "detrend_order": 2,
-                       "savgol_window_s": 120.0, "lanczos_window": 3}
+TIMESERIES_DEFAULTS = {
+    "delays": [1, 2, 3, 4],
+    "detrend": "savgol",
+    "detrend_order": 2,
+    "savgol_window_s": 120.0,
+    "lanczos_window": 3,
+}
 
 
 @dataclass
@@ -76,10 +82,16 @@ def image_design(responses: xr.Dataset, cv: dict) -> tuple[Design, np.ndarray]:
     return design, unique
 
 
-def image_features_matrix(layer: xr.DataArray, image_ids, features_source: str, responses_source: str) -> np.ndarray:
+def image_features_matrix(
+    layer: xr.DataArray, image_ids, features_source: str, responses_source: str
+) -> np.ndarray:
     """Rows of one layer's features in the order of ``image_ids`` (matched by stimulus id)."""
-    idx = align_ids(image_ids, layer[dims.STIMULUS_ID].values, wanted_source=responses_source,
-                    available_source=features_source)
+    idx = align_ids(
+        image_ids,
+        layer[dims.STIMULUS_ID].values,
+        wanted_source=responses_source,
+        available_source=features_source,
+    )
     return np.asarray(layer.values, dtype=np.float32)[idx]
 
 
@@ -90,26 +102,35 @@ def narrative_design(responses: xr.Dataset, cv: dict, ts: dict) -> Design:
     tr = float(responses.attrs.get("tr", 0))
     if tr <= 0:
         raise InputError("narrative responses need a positive 'tr' attribute (seconds)")
-    kwargs = {"order": ts["detrend_order"]} if ts["detrend"] == "polynomial" else {
-        "window": int(round(ts["savgol_window_s"] / tr)) | 1}
-    Y = timeseries.detrend(responses[dims.RESPONSES].values, runs=runs, method=ts["detrend"], **kwargs)
+    kwargs = (
+        {"order": ts["detrend_order"]}
+        if ts["detrend"] == "polynomial"
+        else {"window": round(ts["savgol_window_s"] / tr) | 1}
+    )
+    Y = timeseries.detrend(
+        responses[dims.RESPONSES].values, runs=runs, method=ts["detrend"], **kwargs
+    )
     Y = timeseries.zscore_runs(Y, runs, allow_constant=True)
-    outer = folds.blocked_folds(len(Y), cv["n_folds"], cv["gap_trs"], runs=runs if cv["n_folds"] == "runs" else None)
+    outer = folds.blocked_folds(
+        len(Y), cv["n_folds"], cv["gap_trs"], runs=runs if cv["n_folds"] == "runs" else None
+    )
     return Design(Y=Y, folds=outer, kind="narrative", runs=runs)
 
 
-def narrative_features_matrix(layer: xr.DataArray, responses: xr.Dataset, ts: dict, features_source: str) -> np.ndarray:
+def narrative_features_matrix(
+    layer: xr.DataArray, responses: xr.Dataset, ts: dict, features_source: str
+) -> np.ndarray:
     """Word features of one layer resampled to the responses' TRs, z-scored and FIR-delayed."""
     ts = {**TIMESERIES_DEFAULTS, **ts}
     tr = float(responses.attrs["tr"])
     start = float(responses.attrs.get("first_volume_time", 0.0))
     runs = responses[dims.RUN].values.astype(str)
     word_runs = layer[dims.RUN].values.astype(str)
-    missing = sorted(set(np.unique(runs)) - set(np.unique(word_runs)))
+    missing = sorted(set(runs.tolist()) - set(word_runs.tolist()))
     if missing:
         raise InputError(
             f"runs {missing} of the responses have no words in {features_source} "
-            f"(its runs: {sorted(set(word_runs))}); the word timings must cover every run"
+            f"(its runs: {sorted(set(word_runs.tolist()))}); the word timings must cover every run"
         )
     values = np.asarray(layer.values, dtype=np.float32)
     onsets = layer[dims.ONSET].values
@@ -117,13 +138,21 @@ def narrative_features_matrix(layer: xr.DataArray, responses: xr.Dataset, ts: di
     for run in dict.fromkeys(runs):  # order of appearance
         n_tr = int((runs == run).sum())
         sel = word_runs == run
-        parts.append(timeseries.lanczos_resample(values[sel], onsets[sel], timeseries.tr_times(n_tr, tr, start),
-                                                 window=ts["lanczos_window"]))
+        parts.append(
+            timeseries.lanczos_resample(
+                values[sel],
+                onsets[sel],
+                timeseries.tr_times(n_tr, tr, start),
+                window=ts["lanczos_window"],
+            )
+        )
     X = timeseries.zscore_runs(np.concatenate(parts), runs, allow_constant=True)
     return timeseries.fir_delays(X, ts["delays"], runs=runs)
 
 
-def cross_validated_predictions(X: np.ndarray, design: Design, encoder_spec: dict, cv: dict) -> tuple[np.ndarray, np.ndarray]:
+def cross_validated_predictions(
+    X: np.ndarray, design: Design, encoder_spec: dict, cv: dict
+) -> tuple[np.ndarray, np.ndarray]:
     """Out-of-fold predictions of every scored row, and the per-voxel alpha of each fold.
 
     Returns
@@ -138,19 +167,34 @@ def cross_validated_predictions(X: np.ndarray, design: Design, encoder_spec: dic
         if design.kind == "images" and design.Y_train is not None:
             trial_rows = np.flatnonzero(np.isin(design.train_rows, train))
             X_train, Y_train = X[design.train_rows[trial_rows]], design.Y_train[trial_rows]
-            inner = folds.inner_folds(trial_rows, groups=design.train_groups, n_folds=cv["inner_folds"],
-                                      kind="grouped", random_state=cv["random_state"])
+            inner = folds.inner_folds(
+                trial_rows,
+                groups=design.train_groups,
+                n_folds=cv["inner_folds"],
+                kind="grouped",
+                random_state=cv["random_state"],
+            )
         elif design.kind == "images":
             X_train, Y_train = X[train], design.Y[train]
-            inner = folds.inner_folds(train, n_folds=cv["inner_folds"], kind="grouped",
-                                      random_state=cv["random_state"])
+            inner = folds.inner_folds(
+                train, n_folds=cv["inner_folds"], kind="grouped", random_state=cv["random_state"]
+            )
         else:
             X_train, Y_train = X[train], design.Y[train]
-            inner = folds.inner_folds(train, n_folds=cv["inner_folds"], gap=cv["gap_trs"], kind="blocked")
+            inner = folds.inner_folds(
+                train, n_folds=cv["inner_folds"], gap=cv["gap_trs"], kind="blocked"
+            )
         encoder = make_encoder(encoder_spec, cv=inner).fit(X_train, Y_train)
         pred[test] = encoder.predict(X[test])
         alphas.append(encoder.best_alphas_)
     return pred, np.asarray(alphas)
+
+
+def _centre_folds(values: np.ndarray, test_folds) -> np.ndarray:
+    out = np.array(values, dtype=np.float64, copy=True)
+    for test in test_folds:
+        out[test] -= out[test].mean(0)
+    return out
 
 
 def score_predictions(design: Design, pred: np.ndarray, stats_spec: dict) -> dict[str, np.ndarray]:
@@ -159,16 +203,35 @@ def score_predictions(design: Design, pred: np.ndarray, stats_spec: dict) -> dic
     test_folds = [test for _, test in design.folds]
     if design.kind == "images":
         r2 = correlation.r2_score(design.Y, pred)
-        null = stats.permutation_null(design.Y, pred, n_permutations=stats_spec["n_permutations"],
-                                      test_folds=test_folds, kind="permute",
-                                      random_state=stats_spec["random_state"])
+        # Centre each test fold before pooling: otherwise each fold's intercept (the training
+        # mean, anti-correlated with the test mean) biases r negative for noise voxels, and a
+        # within-fold permutation, which keeps fold means, cannot reproduce that in the null.
+        Y, pred = _centre_folds(design.Y, test_folds), _centre_folds(pred, test_folds)
+        null = stats.permutation_null(
+            Y,
+            pred,
+            n_permutations=stats_spec["n_permutations"],
+            test_folds=test_folds,
+            kind="permute",
+            random_state=stats_spec["random_state"],
+        )
     else:
         r2 = correlation.foldwise(correlation.r2_score, design.Y, pred, test_folds)
-        null = stats.permutation_null(design.Y, pred, n_permutations=stats_spec["n_permutations"],
-                                      test_folds=test_folds, kind="circular",
-                                      random_state=stats_spec["random_state"])
-    return {dims.R: null.r, dims.R2: r2, dims.P: null.p, dims.R_NULL_MEAN: null.null_mean,
-            dims.R_NULL_P95: null.null_p95}
+        null = stats.permutation_null(
+            design.Y,
+            pred,
+            n_permutations=stats_spec["n_permutations"],
+            test_folds=test_folds,
+            kind="circular",
+            random_state=stats_spec["random_state"],
+        )
+    return {
+        dims.R: null.r,
+        dims.R2: r2,
+        dims.P: null.p,
+        dims.R_NULL_MEAN: null.null_mean,
+        dims.R_NULL_P95: null.null_p95,
+    }
 
 
 def score_layers(
@@ -225,13 +288,25 @@ def score_layers(
         scores[dims.ALPHA] = np.median(alphas, axis=0)
         for key, value in scores.items():
             out.setdefault(key, []).append(np.asarray(value, dtype=np.float32))
-        log.info("%s: median r %.3f, max r %.3f", name, np.nanmedian(scores[dims.R]), np.nanmax(scores[dims.R]))
+        log.info(
+            "%s: median r %.3f, max r %.3f",
+            name,
+            np.nanmedian(scores[dims.R]),
+            np.nanmax(scores[dims.R]),
+        )
     layer_names = list(layers)
-    voxel_coords = {c: (dims.VOXEL, responses[c].values) for c in (dims.ROI, dims.HEMI, dims.VERTEX)
-                    if c in responses.coords}
+    voxel_coords = {
+        c: (dims.VOXEL, responses[c].values)
+        for c in (dims.ROI, dims.HEMI, dims.VERTEX)
+        if c in responses.coords
+    }
     ds = xr.Dataset(
         {key: ((dims.LAYER, dims.VOXEL), np.stack(vals)) for key, vals in out.items()},
-        coords={dims.LAYER: layer_names, "layer_index": (dims.LAYER, np.arange(len(layer_names))), **voxel_coords},
+        coords={
+            dims.LAYER: layer_names,
+            "layer_index": (dims.LAYER, np.arange(len(layer_names))),
+            **voxel_coords,
+        },
     )
     if ceiling is not None:
         ds[dims.CEILING] = (dims.VOXEL, np.asarray(ceiling, dtype=np.float32))
@@ -249,7 +324,10 @@ def score_layers(
 
 
 def noise_ceiling(
-    responses: list[xr.Dataset], index: int, timeseries_spec: dict | None = None, sources: list[str] | None = None
+    responses: list[xr.Dataset],
+    index: int,
+    timeseries_spec: dict | None = None,
+    sources: list[str] | None = None,
 ) -> xr.Dataset:
     """Noise ceiling (fraction of variance, R² scale) of subject ``responses[index]``.
 
@@ -261,23 +339,38 @@ def noise_ceiling(
     subject = responses[index]
     if row_dim(subject) == dims.STIMULUS:
         sessions = subject[dims.SESSION].values if dims.SESSION in subject.coords else None
-        result = ceilings.ncsnr_ceiling(subject[dims.RESPONSES].values, subject[dims.STIMULUS_ID].values,
-                                        sessions=sessions)
+        result = ceilings.ncsnr_ceiling(
+            subject[dims.RESPONSES].values, subject[dims.STIMULUS_ID].values, sessions=sessions
+        )
         values, method = result.ceiling, "ncsnr (NSD), mean of repeats"
         extra = {"ncsnr": (dims.VOXEL, result.ncsnr.astype(np.float32))}
     else:
         if len(responses) < 2:
-            raise InputError(f"{sources[index]}: an inter-subject ceiling needs at least 2 subjects")
+            raise InputError(
+                f"{sources[index]}: an inter-subject ceiling needs at least 2 subjects"
+            )
         prepared = []
         for ds, src in zip(responses, sources, strict=True):
-            if ds.sizes[dims.TIME] != subject.sizes[dims.TIME] or ds.sizes[dims.VOXEL] != subject.sizes[dims.VOXEL]:
-                raise InputError(f"{src}: shape {dict(ds.sizes)} differs from {sources[index]} "
-                                 f"{dict(subject.sizes)}; inter-subject ceilings need one shared space and timing")
+            if (
+                ds.sizes[dims.TIME] != subject.sizes[dims.TIME]
+                or ds.sizes[dims.VOXEL] != subject.sizes[dims.VOXEL]
+            ):
+                raise InputError(
+                    f"{src}: shape {dict(ds.sizes)} differs from {sources[index]} "
+                    f"{dict(subject.sizes)}; inter-subject ceilings need one space and timing"
+                )
             prepared.append(narrative_design(ds, {}, timeseries_spec or {}).Y)
         # "ratio" stays unbiased when subjects differ in noise level; it needs 3 subjects
         isc_method = "ratio" if len(prepared) >= 3 else "pairwise"
         values = ceilings.isc_ceiling(np.stack(prepared), method=isc_method)[index]
         method, extra = f"inter-subject correlation ({isc_method})", {}
-    coords = {c: (dims.VOXEL, subject[c].values) for c in (dims.ROI, dims.HEMI, dims.VERTEX) if c in subject.coords}
-    return xr.Dataset({dims.CEILING: (dims.VOXEL, np.asarray(values, dtype=np.float32)), **extra}, coords=coords,
-                      attrs={**subject.attrs, "method": method})
+    coords = {
+        c: (dims.VOXEL, subject[c].values)
+        for c in (dims.ROI, dims.HEMI, dims.VERTEX)
+        if c in subject.coords
+    }
+    return xr.Dataset(
+        {dims.CEILING: (dims.VOXEL, np.asarray(values, dtype=np.float32)), **extra},
+        coords=coords,
+        attrs={**subject.attrs, "method": method},
+    )

@@ -1,4 +1,4 @@
-"""Reading and writing the labelled objects of DESIGN.md section 3, atomically and with clear errors.
+"""Reading and writing the labelled objects of DESIGN.md section 3, atomically, with clear errors.
 
 Every writer goes through a temporary sibling and a rename, so an interrupted run never leaves a
 half-written file that a resumed run would trust.
@@ -115,7 +115,9 @@ def read_netcdf(path: str | os.PathLike) -> xr.Dataset:
         raise InputError(f"{path}: cannot be read as netCDF ({err})") from err
 
 
-def write_zarr_layers(layers: dict[str, xr.DataArray], path: str | os.PathLike, attrs: dict) -> None:
+def write_zarr_layers(
+    layers: dict[str, xr.DataArray], path: str | os.PathLike, attrs: dict
+) -> None:
     """Write one zarr group per layer (DESIGN.md section 3), chunked on the first dimension.
 
     Parameters
@@ -149,7 +151,9 @@ def _has_dask() -> bool:
     return True
 
 
-def read_zarr_layers(path: str | os.PathLike, layers: list[str] | None = None) -> dict[str, xr.DataArray]:
+def read_zarr_layers(
+    path: str | os.PathLike, layers: list[str] | None = None
+) -> dict[str, xr.DataArray]:
     """Read the layers of a features store written by :func:`write_zarr_layers`, in order."""
     import zarr
 
@@ -164,7 +168,15 @@ def read_zarr_layers(path: str | os.PathLike, layers: list[str] | None = None) -
     out = {}
     for name in names:
         with xr.open_zarr(path, group=name, consolidated=False) as ds:
-            out[name] = ds["features"].load()
+            arr = ds["features"].load()
+        # zarr v3 returns strings as numpy StringDType; use fixed-width str like netCDF does
+        out[name] = arr.assign_coords(
+            {
+                c: (arr[c].dims, np.asarray(arr[c].values.tolist(), dtype=str))
+                for c in arr.coords
+                if arr[c].dtype.kind in "TO"
+            }
+        )
     return out
 
 

@@ -131,11 +131,14 @@ def test_summary_lines(scores, tmp_path):
     write_netcdf(make_scores(model="rand-vit", untrained=1), path)
     lines = summary_lines([scores, path])
     assert len(lines) == 2 * len(PLANTED)
-    assert lines[0].startswith("images | tiny-vit | ridge | early: best layer_01 r=")
+    subject = f"sub-{scores.attrs['subject']} | " if "subject" in scores.attrs else ""
+    assert lines[0].startswith(f"{subject}images | tiny-vit | ridge | early: best layer_01 r=")
     assert "r/ceil=" in lines[0]
     assert "above ceiling" in lines[0]
     assert all("UNTRAINED" in line for line in lines[3:])
     assert not any("UNTRAINED" in line for line in lines[:3])
+    control = make_scores(model="random", untrained=1, control=1)
+    assert all("RANDOM-FEATURE CONTROL" in line for line in summary_lines([control]))
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,9 @@ def _check_xy(X, Y=None):
     if Y.ndim == 1:
         Y = Y[:, None]
     if Y.ndim != 2 or Y.shape[0] != X.shape[0]:
-        raise ValueError(f"Y must be (samples, targets) with {X.shape[0]} samples, got shape {Y.shape}")
+        raise ValueError(
+            f"Y must be (samples, targets) with {X.shape[0]} samples, got shape {Y.shape}"
+        )
     if not np.isfinite(Y).all():
         raise ValueError(f"Y has {int((~np.isfinite(Y)).sum())} non-finite value(s)")
     return X, Y
@@ -71,7 +73,9 @@ class RidgeEncoder(RegressorMixin, BaseEstimator):
     n_features_in_ : int
     """
 
-    def __init__(self, alphas=DEFAULT_ALPHAS, cv=5, backend="numpy", solver="auto", n_targets_batch=None):
+    def __init__(
+        self, alphas=DEFAULT_ALPHAS, cv=5, backend="numpy", solver="auto", n_targets_batch=None
+    ):
         self.alphas = alphas
         self.cv = cv
         self.backend = backend
@@ -94,15 +98,18 @@ class RidgeEncoder(RegressorMixin, BaseEstimator):
         Xs = (X - self.mean_) / self.scale_
         cv = self.cv if isinstance(self.cv, int) else list(self.cv)
         self.solver_ = (
-            self.solver if self.solver != "auto" else ("primal" if X.shape[1] <= X.shape[0] else "dual")
+            self.solver
+            if self.solver != "auto"
+            else ("primal" if X.shape[1] <= X.shape[0] else "dual")
         )
         alphas = np.asarray(self.alphas, dtype=np.float32)
         params = {"n_targets_batch": self.n_targets_batch} if self.n_targets_batch else None
         if self.solver_ == "primal":
             model = RidgeCV(alphas=alphas, cv=cv, fit_intercept=True, solver_params=params)
         else:
-            model = KernelRidgeCV(alphas=alphas, kernel="linear", cv=cv, fit_intercept=True,
-                                  solver_params=params)
+            model = KernelRidgeCV(
+                alphas=alphas, kernel="linear", cv=cv, fit_intercept=True, solver_params=params
+            )
         model.fit(backend.asarray(Xs), backend.asarray(Y))
         self.model_ = model
         self.backend_ = backend
@@ -114,7 +121,9 @@ class RidgeEncoder(RegressorMixin, BaseEstimator):
         """Predicted responses, (samples, voxels) numpy array."""
         X = _check_xy(X)
         if X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {X.shape[1]} features; the encoder was fitted on {self.n_features_in_}")
+            raise ValueError(
+                f"X has {X.shape[1]} features; the encoder was fitted on {self.n_features_in_}"
+            )
         pred = self.model_.predict(self.backend_.asarray((X - self.mean_) / self.scale_))
         return np.asarray(self.backend_.to_numpy(pred), dtype=np.float32)
 

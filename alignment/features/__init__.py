@@ -50,7 +50,9 @@ def cache_key(spec: dict) -> str:
     """Hash of every spec entry that changes the numbers (source, revision, pooling, context...)."""
     spec = model_spec(spec)
     relevant = {k: spec[k] for k in sorted(spec) if k not in ("batch_size", "label")}
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[
+        :16
+    ]
 
 
 def random_features(ids, n_units: int, n_layers: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
@@ -65,11 +67,15 @@ def random_features(ids, n_units: int, n_layers: int = 1, seed: int = 0) -> dict
             digest = hashlib.sha256(f"{seed}:{layer}:{sid}".encode()).digest()
             rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
             rows.append(rng.standard_normal(n_units))
-        out[huggingface.layer_name(layer)] = np.asarray(rows, dtype=np.float32).reshape(len(ids), n_units)
+        out[huggingface.layer_name(layer)] = np.asarray(rows, dtype=np.float32).reshape(
+            len(ids), n_units
+        )
     return out
 
 
-def extract_features(spec: dict, stimuli: pd.DataFrame, *, name: str = "model") -> tuple[dict[str, xr.DataArray], dict]:
+def extract_features(
+    spec: dict, stimuli: pd.DataFrame, *, name: str = "model"
+) -> tuple[dict[str, xr.DataArray], dict]:
     """Extract layerwise features of a stimulus set.
 
     Parameters
@@ -100,29 +106,47 @@ def extract_features(spec: dict, stimuli: pd.DataFrame, *, name: str = "model") 
         ids = stimuli["stimulus_id"].astype(str).tolist()
 
     if spec["kind"] == "random":
-        arrays = random_features(ids, int(spec["n_units"]), int(spec["n_layers"]), int(spec["seed"]))
-        info = {"model_source": "random", "model_revision": f"seed-{spec['seed']}", "n_layers": len(arrays)}
+        arrays = random_features(
+            ids, int(spec["n_units"]), int(spec["n_layers"]), int(spec["seed"])
+        )
+        info = {
+            "model_source": "random",
+            "model_revision": f"seed-{spec['seed']}",
+            "n_layers": len(arrays),
+        }
     elif spec["kind"] == "huggingface":
         if "source" not in spec:
-            raise InputError(f"model {name!r}: 'source' (local folder or Hugging Face id) is required")
+            raise InputError(
+                f"model {name!r}: 'source' (local folder or Hugging Face id) is required"
+            )
         if narrative:
             if modality != "text":
                 raise InputError(f"model {name!r} is an {modality} model but the stimuli are words")
             arrays, info = huggingface.word_features(
-                spec["source"], stimuli["word"].tolist(), stimuli["run"].astype(str).tolist(),
-                context_words=int(spec["context_words"]), layers=spec["layers"],
-                batch_size=int(spec["batch_size"]), revision=spec["revision"],
+                spec["source"],
+                stimuli["word"].tolist(),
+                stimuli["run"].astype(str).tolist(),
+                context_words=int(spec["context_words"]),
+                layers=spec["layers"],
+                batch_size=int(spec["batch_size"]),
+                revision=spec["revision"],
             )
         else:
             if modality != "image":
                 raise InputError(f"model {name!r} is a {modality} model but the stimuli are images")
             arrays, info = huggingface.image_features(
-                spec["source"], load_images(stimuli["path"]), pooling=spec["pooling"],
-                layers=spec["layers"], batch_size=int(spec["batch_size"]), revision=spec["revision"],
+                spec["source"],
+                load_images(stimuli["path"]),
+                pooling=spec["pooling"],
+                layers=spec["layers"],
+                batch_size=int(spec["batch_size"]),
+                revision=spec["revision"],
             )
         info["untrained"] = huggingface.is_untrained(spec["source"])
     else:
-        raise InputError(f"model {name!r}: unknown kind {spec['kind']!r}; use 'huggingface' or 'random'")
+        raise InputError(
+            f"model {name!r}: unknown kind {spec['kind']!r}; use 'huggingface' or 'random'"
+        )
 
     row_dim = dims.WORD if narrative else dims.STIMULUS
     coords = {dims.STIMULUS_ID: (row_dim, ids)}
@@ -143,7 +167,9 @@ def extract_features(spec: dict, stimuli: pd.DataFrame, *, name: str = "model") 
         dims.MODEL: name,
         "modality": modality,
         "kind": spec["kind"],
+        # baselines are flagged in every output: untrained networks and random-feature controls
         "untrained": bool(info.pop("untrained", spec["kind"] == "random")),
+        "control": int(spec["kind"] == "random"),
         "cache_key": cache_key(spec),
         "spec": json.dumps(spec, default=str),
         "alignment_version": __version__,

@@ -65,7 +65,9 @@ def _select(hidden_states, layers) -> dict[str, torch.Tensor]:
     indices = range(n) if layers in (None, "all") else list(layers)
     bad = [i for i in indices if not -n <= i < n]
     if bad:
-        raise InputError(f"layer index {bad} out of range: the model has {n} hidden states (0..{n - 1})")
+        raise InputError(
+            f"layer index {bad} out of range: the model has {n} hidden states (0..{n - 1})"
+        )
     return {layer_name(i % n): hidden_states[i] for i in indices}
 
 
@@ -197,8 +199,14 @@ def word_features(
     chunks: dict[str, list[np.ndarray]] = {}
     for b in tqdm(range(0, len(windows), batch_size), desc="word batches", unit="batch"):
         batch = windows[b : b + batch_size]
-        enc = tokenizer(batch, is_split_into_words=True, return_tensors="pt", padding=True,
-                        truncation=True, max_length=max_len)
+        enc = tokenizer(
+            batch,
+            is_split_into_words=True,
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=max_len,
+        )
         # the window is truncated from the right by the tokenizer; keep the current (last) word
         # by checking it survived
         out = model(**enc, output_hidden_states=True)
@@ -208,12 +216,14 @@ def word_features(
             mask = torch.tensor([w == len(window) - 1 for w in ids], dtype=torch.float32)
             if mask.sum() == 0:
                 raise InputError(
-                    f"word {b + k} fell outside the model's {max_len}-token limit; lower context_words"
+                    f"word {b + k} is past the model's {max_len}-token limit; lower context_words"
                 )
             masks.append(mask / mask.sum())
         weights = torch.stack(masks)  # (batch, tokens)
         for name, h in _select(out.hidden_states, layers).items():
-            chunks.setdefault(name, []).append(torch.einsum("bt,btu->bu", weights, h).float().numpy())
+            chunks.setdefault(name, []).append(
+                torch.einsum("bt,btu->bu", weights, h).float().numpy()
+            )
     features = {name: np.concatenate(parts) for name, parts in chunks.items()}
     info = {
         "model_source": str(source),
@@ -225,8 +235,16 @@ def word_features(
     return features, info
 
 
-def build_demo_vit(path: str | Path, *, image_size: int = 64, patch_size: int = 8, hidden_size: int = 96,
-                   n_layers: int = 6, init_range: float = 0.2, seed: int = 0) -> Path:
+def build_demo_vit(
+    path: str | Path,
+    *,
+    image_size: int = 64,
+    patch_size: int = 8,
+    hidden_size: int = 96,
+    n_layers: int = 6,
+    init_range: float = 0.2,
+    seed: int = 0,
+) -> Path:
     """Build the demo's small, UNTRAINED ViT from a config with a fixed seed and save it.
 
     A larger-than-default initialisation scale keeps successive layers distinct, so a layer's

@@ -27,6 +27,7 @@ from alignment.viz.brainmaps import (
     SUPPORTED_SPACES,
     _fdr_alpha,
     _sorted_by_layer,
+    baseline_label,
     best_layer_values,
     check_scores,
     figure_to_base64_png,
@@ -215,7 +216,7 @@ def _roi_table_html(scores: xr.Dataset, table: pd.DataFrame, truth_rois: dict | 
     out = ["<table>"]
     caption = "ROI summary at each ROI's best layer (highest mean r)."
     if is_untrained(scores):
-        caption = "UNTRAINED model (random init), a baseline. " + caption
+        caption = f"{baseline_label(scores)}, a baseline. " + caption
     out.append(f"<caption>{_e(caption)}</caption>")
     out.append("<tr>" + "".join(f"<th>{h if 'q&lt;' in h else _e(h)}</th>" for h in heads))
     for _, row in table.iterrows():
@@ -369,7 +370,9 @@ def _maps_html(scores: xr.Dataset, dpi: int) -> str:
 def _model_section(scores: xr.Dataset, anchor: str, truth: Mapping | None, dpi: int) -> str:
     a = scores.attrs
     untrained = is_untrained(scores)
-    badge = ' <span class="badge untrained">UNTRAINED (random init)</span>' if untrained else ""
+    badge = (
+        f' <span class="badge untrained">{_e(baseline_label(scores))}</span>' if untrained else ""
+    )
     null = str(a.get("null_kind", "?"))
     if "n_permutations" in a:
         null += f", {a['n_permutations']} permutations"
@@ -391,7 +394,12 @@ def _model_section(scores: xr.Dataset, anchor: str, truth: Mapping | None, dpi: 
         + "".join(f"<span><b>{_e(k)}:</b> {_e(v)}</span>" for k, v in meta)
         + "</div>"
     )
-    if untrained:
+    if untrained and baseline_label(scores).startswith("RANDOM"):
+        out.append(
+            '<p class="warn">This is a random-feature control (Gaussian features per stimulus): '
+            "any score it reaches is what chance and the statistics let through.</p>"
+        )
+    elif untrained:
         out.append(
             '<p class="warn">This is an untrained network (random initial weights): a baseline, '
             "not evidence about what a trained model learns.</p>"
@@ -428,7 +436,11 @@ def _overview_html(items: list[tuple[xr.Dataset, str]], truth: Mapping | None) -
         truth_rois = truth_rois or _truth_for(truth, scores)
         a = scores.attrs
         name = f"{a.get('model', '?')} · {a.get('encoder', '?')}"
-        badge = ' <span class="badge untrained">UNTRAINED</span>' if is_untrained(scores) else ""
+        badge = (
+            f' <span class="badge untrained">{_e(baseline_label(scores).split(" (")[0])}</span>'
+            if is_untrained(scores)
+            else ""
+        )
         cells = [f'<td><a href="#{anchor}">{_e(name)}</a>{badge}</td>']
         by_roi = {row["roi"]: row for _, row in table.iterrows()}
         for roi in rois:
@@ -480,7 +492,7 @@ def _provenance_html(items: list[xr.Dataset], config: Mapping, provenance: Mappi
         for k in keys:
             v = s.attrs.get(k, "")
             if k == "untrained":
-                v = "UNTRAINED (random init)" if is_untrained(s) else "no"
+                v = baseline_label(s) if is_untrained(s) else "no"
                 row.append(f'<td class="{"flag" if is_untrained(s) else ""}">{_e(v)}</td>')
             else:
                 row.append(f"<td>{_e(v)}</td>")
@@ -598,7 +610,7 @@ def render_subject_report(
         for s, anchor in entries:
             label = f"{s.attrs.get('model', '?')} · {s.attrs.get('encoder', '?')}"
             if is_untrained(s):
-                label += " (UNTRAINED)"
+                label += f" ({baseline_label(s).split(' (')[0]})"
             toc.append(f'<li><a href="#{anchor}">{_e(label)}</a></li>')
         toc.append("</ul></li>")
     toc.append('<li><a href="#provenance">Provenance</a></li></ul></div>')

@@ -25,6 +25,7 @@ from alignment.io import read_netcdf
 from alignment.viz.brainmaps import (
     _fdr_alpha,
     _sorted_by_layer,
+    baseline_label,
     check_scores,
     is_untrained,
     roi_groups,
@@ -165,8 +166,9 @@ def summary_lines(scores_list: Iterable[xr.Dataset | str | os.PathLike]) -> list
         a = scores.attrs
         model = str(a.get("model", "?"))
         if is_untrained(scores):
-            model += " [UNTRAINED random init]"
-        head = f"{a.get('dataset', '?')} | {model} | {a.get('encoder', '?')}"
+            model += f" [{baseline_label(scores)}]"
+        subject = f"sub-{a['subject']} | " if "subject" in a else ""
+        head = f"{subject}{a.get('dataset', '?')} | {model} | {a.get('encoder', '?')}"
         for row in table.itertuples(index=False):
             if pd.isna(row.best_layer):
                 lines.append(f"{head} | {row.roi}: no finite r")

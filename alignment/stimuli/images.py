@@ -24,7 +24,9 @@ def _draw_object(draw: ImageDraw.ImageDraw, category: str, cx: float, cy: float,
         eye = max(1.0, r / 5)
         for dx in (-r / 2.5, r / 2.5):
             draw.ellipse([cx + dx - eye, cy - r / 3 - eye, cx + dx + eye, cy - r / 3 + eye], fill=0)
-        draw.line([cx - r / 2, cy + r / 2.5, cx + r / 2, cy + r / 2.5], fill=0, width=max(1, int(r / 6)))
+        draw.line(
+            [cx - r / 2, cy + r / 2.5, cx + r / 2, cy + r / 2.5], fill=0, width=max(1, int(r / 6))
+        )
     elif category == "house":
         draw.rectangle([cx - r * 0.8, cy - r * 0.1, cx + r * 0.8, cy + r], fill=colour)
         draw.polygon([(cx - r, cy - r * 0.1), (cx + r, cy - r * 0.1), (cx, cy - r)], fill=colour)
@@ -32,7 +34,10 @@ def _draw_object(draw: ImageDraw.ImageDraw, category: str, cx: float, cy: float,
     elif category == "star":
         angles = np.linspace(0, 2 * np.pi, 11)[:-1] - np.pi / 2
         radii = np.where(np.arange(10) % 2 == 0, r, r * 0.45)
-        draw.polygon([(cx + a * np.cos(t), cy + a * np.sin(t)) for a, t in zip(radii, angles, strict=True)], fill=colour)
+        draw.polygon(
+            [(cx + a * np.cos(t), cy + a * np.sin(t)) for a, t in zip(radii, angles, strict=True)],
+            fill=colour,
+        )
     elif category == "bar":
         draw.rectangle([cx - r, cy - r / 4, cx + r, cy + r / 4], fill=colour)
     else:
@@ -100,10 +105,14 @@ def read_image_table(path: str | Path) -> pd.DataFrame:
     missing image file.
     """
     path = require_file(path, "stimulus table")
-    table = pd.read_csv(path, sep="\t" if path.suffix in (".tsv", ".txt") else ",", dtype={"stimulus_id": str})
+    table = pd.read_csv(
+        path, sep="\t" if path.suffix in (".tsv", ".txt") else ",", dtype={"stimulus_id": str}
+    )
     missing = {"stimulus_id", "path"} - set(table.columns)
     if missing:
-        raise InputError(f"{path}: missing column(s) {sorted(missing)}; found {list(table.columns)}")
+        raise InputError(
+            f"{path}: missing column(s) {sorted(missing)}; found {list(table.columns)}"
+        )
     duplicated = table["stimulus_id"][table["stimulus_id"].duplicated()].tolist()
     if duplicated:
         raise InputError(f"{path}: duplicate stimulus_id(s) {duplicated[:5]}")

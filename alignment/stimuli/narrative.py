@@ -17,14 +17,50 @@ from alignment.io import InputError, require_file
 
 WORD_COLUMNS = ("word", "onset", "offset", "run")
 
-_NAMES = ["Mara", "Tobias", "the old fisherman", "Ines", "the baker", "Jonas", "the girl", "Aunt Ruth"]
-_PLACES = ["the harbour", "the market", "the forest", "the lighthouse", "the station", "the kitchen",
-           "the hill above the town", "the river bank", "the empty school", "the library"]
-_OBJECTS = ["letter", "lantern", "map", "bicycle", "key", "boat", "violin", "basket", "photograph", "clock"]
+_NAMES = [
+    "Mara",
+    "Tobias",
+    "the old fisherman",
+    "Ines",
+    "the baker",
+    "Jonas",
+    "the girl",
+    "Aunt Ruth",
+]
+_PLACES = [
+    "the harbour",
+    "the market",
+    "the forest",
+    "the lighthouse",
+    "the station",
+    "the kitchen",
+    "the hill above the town",
+    "the river bank",
+    "the empty school",
+    "the library",
+]
+_OBJECTS = [
+    "letter",
+    "lantern",
+    "map",
+    "bicycle",
+    "key",
+    "boat",
+    "violin",
+    "basket",
+    "photograph",
+    "clock",
+]
 _ADJ = ["small", "broken", "red", "heavy", "strange", "golden", "wet", "ancient", "quiet", "bright"]
 _FEEL = ["afraid", "happy", "tired", "curious", "angry", "calm", "lonely", "proud"]
-_WEATHER = ["It started to rain", "The wind grew colder", "The sun came out", "Fog rolled in from the sea",
-            "Snow began to fall", "The night was very still"]
+_WEATHER = [
+    "It started to rain",
+    "The wind grew colder",
+    "The sun came out",
+    "Fog rolled in from the sea",
+    "Snow began to fall",
+    "The night was very still",
+]
 _TEMPLATES = [
     "{name} walked slowly to {place} and found a {adj} {obj}.",
     "{weather}, and {name} felt {feel}.",
@@ -49,14 +85,21 @@ def generate_story(n_sentences: int = 60, random_state: int = 0) -> list[str]:
     for _ in range(n_sentences):
         name, name2 = rng.choice(len(_NAMES), 2, replace=False)
         text = pick(_TEMPLATES).format(
-            name=_NAMES[name], name2=_NAMES[name2], place=pick(_PLACES), obj=pick(_OBJECTS),
-            adj=pick(_ADJ), feel=pick(_FEEL), weather=pick(_WEATHER),
+            name=_NAMES[name],
+            name2=_NAMES[name2],
+            place=pick(_PLACES),
+            obj=pick(_OBJECTS),
+            adj=pick(_ADJ),
+            feel=pick(_FEEL),
+            weather=pick(_WEATHER),
         )
         sentences.append(text[0].upper() + text[1:])
     return sentences
 
 
-def time_words(sentences: list[str], run: str, start: float = 4.0, random_state: int = 0) -> pd.DataFrame:
+def time_words(
+    sentences: list[str], run: str, start: float = 4.0, random_state: int = 0
+) -> pd.DataFrame:
     """Give each word of the sentences a plausible spoken onset and offset (about 2.5 words/s).
 
     Duration grows with word length; a pause follows each sentence. Returns a table with
@@ -68,8 +111,12 @@ def time_words(sentences: list[str], run: str, start: float = 4.0, random_state:
         words = sentence.split()
         for k, word in enumerate(words):
             duration = 0.12 + 0.055 * len(word) + rng.uniform(0, 0.05)
-            rows.append({"word": word, "onset": round(t, 3), "offset": round(t + duration, 3), "run": run})
-            t += duration + (rng.uniform(0.35, 0.6) if k == len(words) - 1 else rng.uniform(0.02, 0.08))
+            rows.append(
+                {"word": word, "onset": round(t, 3), "offset": round(t + duration, 3), "run": run}
+            )
+            t += duration + (
+                rng.uniform(0.35, 0.6) if k == len(words) - 1 else rng.uniform(0.02, 0.08)
+            )
     return pd.DataFrame(rows, columns=list(WORD_COLUMNS))
 
 
@@ -97,7 +144,9 @@ def read_word_table(path: str | Path, run: str | None = None) -> pd.DataFrame:
         table["run"] = run if run is not None else path.stem
     missing = set(WORD_COLUMNS) - set(table.columns)
     if missing:
-        raise InputError(f"{path}: missing column(s) {sorted(missing)}; found {list(table.columns)}")
+        raise InputError(
+            f"{path}: missing column(s) {sorted(missing)}; found {list(table.columns)}"
+        )
     try:
         table["onset"] = table["onset"].astype(float)
         table["offset"] = table["offset"].astype(float)
@@ -109,7 +158,9 @@ def read_word_table(path: str | Path, run: str | None = None) -> pd.DataFrame:
         raise InputError(f"{path}: offset before onset in {len(bad)} row(s), first row {bad[0]}")
     for run_name, part in table.groupby("run", sort=False):
         if (np.diff(part["onset"].to_numpy()) < 0).any():
-            raise InputError(f"{path}: onsets decrease within run {run_name!r}; words must be in spoken order")
+            raise InputError(
+                f"{path}: onsets decrease within run {run_name!r}; words must be in spoken order"
+            )
     return table[list(WORD_COLUMNS)].reset_index(drop=True)
 
 

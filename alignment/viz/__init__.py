@@ -1,6 +1,7 @@
 """Brain maps on the fsaverage surface and layer profiles, drawn from Scores objects."""
 
 from alignment.viz.brainmaps import (
+    baseline_label,
     best_layer_values,
     check_scores,
     figure_to_base64_png,
@@ -12,6 +13,7 @@ from alignment.viz.brainmaps import (
 from alignment.viz.profiles import plot_layer_profiles, roi_layer_profile
 
 __all__ = [
+    "baseline_label",
     "best_layer_values",
     "check_scores",
     "figure_to_base64_png",

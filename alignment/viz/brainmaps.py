@@ -33,6 +33,7 @@ from alignment.io import InputError
 
 __all__ = [
     "ALL_VOXELS",
+    "baseline_label",
     "best_layer_values",
     "check_scores",
     "figure_to_base64_png",
@@ -134,12 +135,19 @@ def is_untrained(scores: xr.Dataset) -> bool:
         return bool(value)
 
 
+def baseline_label(scores: xr.Dataset) -> str:
+    """How a baseline model is flagged: a random-feature control or an untrained network."""
+    if str(scores.attrs.get("control", "")).strip() not in ("", "0"):
+        return "RANDOM-FEATURE CONTROL"
+    return "UNTRAINED (random init)"
+
+
 def scores_title(scores: xr.Dataset) -> str:
     """One-line label: ``model · encoder · dataset · sub-XX``, flagging untrained models."""
     a = scores.attrs
     model = str(a.get("model", "model?"))
     if is_untrained(scores):
-        model += " [UNTRAINED, random init]"
+        model += f" [{baseline_label(scores)}]"
     parts = [model, str(a.get("encoder", "encoder?")), str(a.get("dataset", "dataset?"))]
     if "subject" in a:
         parts.append(f"sub-{a['subject']}")

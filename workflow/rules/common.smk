@@ -8,8 +8,11 @@ check_config(config, workflow.source_path("../schemas/config.schema.yaml"))
 
 CONFIG_HASH = config_hash(config)
 DATASETS = config["datasets"]
-# BLAS/torch threads follow the threads Snakemake grants a job
-THREADS_ENV = "OMP_NUM_THREADS={threads} OPENBLAS_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"
+# BLAS/torch threads follow the threads Snakemake grants each job
+shell.prefix(
+    "set -euo pipefail; export OMP_NUM_THREADS={threads} OPENBLAS_NUM_THREADS={threads}"
+    " MKL_NUM_THREADS={threads}; "
+)
 
 
 def as_arg(obj):

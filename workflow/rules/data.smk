@@ -11,17 +11,17 @@ rule demo_data:
             experiment=["images", "narrative"],
             subject=config.get("demo", {}).get("subjects", ["01", "02", "03"]),
         ),
-    params:
-        demo=lambda wildcards: as_arg(config.get("demo", {})),
     log:
         "results/logs/demo_data.log",
     benchmark:
         "results/benchmarks/demo_data.tsv"
+    conda:
+        "../../environment.yml"
     threads: 2
     resources:
         mem_mb=3000,
         runtime=20,
-    conda:
-        "../../environment.yml"
+    params:
+        demo=lambda wildcards: as_arg(config.get("demo", {})),
     shell:
-        THREADS_ENV + " alignment demo-data --out data/demo --params {params.demo} > {log} 2>&1"
+        "alignment demo-data --out data/demo --params {params.demo} > {log} 2>&1"

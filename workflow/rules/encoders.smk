@@ -5,27 +5,26 @@ rule ceiling:
     input:
         # the inter-subject ceiling of a narrative needs every subject's responses
         lambda wildcards: [
-            responses_path(wildcards.dataset, s)
-            for s in DATASETS[wildcards.dataset]["subjects"]
+            responses_path(wildcards.dataset, s) for s in DATASETS[wildcards.dataset]["subjects"]
         ],
     output:
         "results/sub-{subject}/{dataset}/ceiling.nc",
-    params:
-        index=lambda wildcards: DATASETS[wildcards.dataset]["subjects"].index(wildcards.subject),
-        timeseries=lambda wildcards: as_arg(config.get("timeseries", {})),
-        on_bad_voxels=lambda wildcards: DATASETS[wildcards.dataset].get("on_bad_voxels", "error"),
     log:
         "results/logs/ceiling/sub-{subject}_{dataset}.log",
     benchmark:
         "results/benchmarks/ceiling/sub-{subject}_{dataset}.tsv"
+    conda:
+        "../../environment.yml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=30,
-    conda:
-        "../../environment.yml"
+    params:
+        index=lambda wildcards: DATASETS[wildcards.dataset]["subjects"].index(wildcards.subject),
+        timeseries=lambda wildcards: as_arg(config.get("timeseries", {})),
+        on_bad_voxels=lambda wildcards: DATASETS[wildcards.dataset].get("on_bad_voxels", "error"),
     shell:
-        THREADS_ENV + " alignment ceiling --responses {input} --index {params.index}"
+        "alignment ceiling --responses {input} --index {params.index}"
         " --timeseries {params.timeseries} --on-bad-voxels {params.on_bad_voxels}"
         " --out {output} > {log} 2>&1"
 
@@ -37,6 +36,16 @@ rule encode:
         ceiling="results/sub-{subject}/{dataset}/ceiling.nc",
     output:
         "results/sub-{subject}/{dataset}/{model}/{encoder}/scores.nc",
+    log:
+        "results/logs/encode/sub-{subject}_{dataset}_{model}_{encoder}.log",
+    benchmark:
+        "results/benchmarks/encode/sub-{subject}_{dataset}_{model}_{encoder}.tsv"
+    conda:
+        "../../environment.yml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=120,
     params:
         encoder=lambda wildcards: as_arg(config["encoders"][wildcards.encoder]),
         cv=lambda wildcards: as_arg(config.get("cv", {})),
@@ -44,18 +53,8 @@ rule encode:
         timeseries=lambda wildcards: as_arg(config.get("timeseries", {})),
         attrs=lambda wildcards: as_arg({"config_hash": CONFIG_HASH}),
         on_bad_voxels=lambda wildcards: DATASETS[wildcards.dataset].get("on_bad_voxels", "error"),
-    log:
-        "results/logs/encode/sub-{subject}_{dataset}_{model}_{encoder}.log",
-    benchmark:
-        "results/benchmarks/encode/sub-{subject}_{dataset}_{model}_{encoder}.tsv"
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=120,
-    conda:
-        "../../environment.yml"
     shell:
-        THREADS_ENV + " alignment encode --responses {input.responses} --features {input.features}"
+        "alignment encode --responses {input.responses} --features {input.features}"
         " --ceiling {input.ceiling} --encoder {wildcards.encoder} --encoder-spec {params.encoder}"
         " --cv {params.cv} --stats {params.stats} --timeseries {params.timeseries}"
         " --attrs {params.attrs} --on-bad-voxels {params.on_bad_voxels} --out {output} > {log} 2>&1"

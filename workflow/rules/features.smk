@@ -6,19 +6,19 @@ rule features:
         stimuli=lambda wildcards: DATASETS[wildcards.dataset]["stimuli"],
     output:
         directory("results/features/{dataset}/{model}.zarr"),
-    params:
-        # every spec entry that changes the numbers is a param, so a change reruns the rule
-        spec=lambda wildcards: as_arg(config["models"][wildcards.model]),
     log:
         "results/logs/features/{dataset}/{model}.log",
     benchmark:
         "results/benchmarks/features/{dataset}/{model}.tsv"
+    conda:
+        "../../environment.yml"
     threads: 2
     resources:
         mem_mb=4000,
         runtime=60,
-    conda:
-        "../../environment.yml"
+    params:
+        # every spec entry that changes the numbers is a param, so a change reruns the rule
+        spec=lambda wildcards: as_arg(config["models"][wildcards.model]),
     shell:
-        THREADS_ENV + " alignment features --model {wildcards.model} --spec {params.spec}"
+        "alignment features --model {wildcards.model} --spec {params.spec}"
         " --stimuli {input.stimuli} --out {output} > {log} 2>&1"

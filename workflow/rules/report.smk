@@ -10,21 +10,21 @@ rule report:
             caption="../report/subject_report.rst",
             category="Subject reports",
         ),
+    log:
+        "results/logs/report/sub-{subject}.log",
+    benchmark:
+        "results/benchmarks/report/sub-{subject}.tsv"
+    conda:
+        "../../environment.yml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
     params:
         config=lambda wildcards: as_arg(config),
         truth=lambda wildcards: (
             f"--truth {config['report']['truth']}" if config.get("report", {}).get("truth") else ""
         ),
-    log:
-        "results/logs/report/sub-{subject}.log",
-    benchmark:
-        "results/benchmarks/report/sub-{subject}.tsv"
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=20,
-    conda:
-        "../../environment.yml"
     shell:
         "alignment report --subject {wildcards.subject} --scores {input.scores}"
         " --config-json {params.config} {params.truth} --out {output} > {log} 2>&1"

@@ -14,11 +14,11 @@ rule summary:
         "results/logs/summary.log",
     benchmark:
         "results/benchmarks/summary.tsv"
+    conda:
+        "../../environment.yml"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=5,
-    conda:
-        "../../environment.yml"
     shell:
         "alignment summary --scores {input} --out {output} > {log} 2>&1"
