@@ -223,3 +223,11 @@ def test_cli_mismatched_stimulus_ids_fail_clearly(tmp_path):
     )
     assert out.returncode == 2
     assert "stimulus ids do not match" in out.stderr and "f.zarr" in out.stderr
+
+
+def test_slurm_profile_dry_run_plans_every_job(tmp_path):
+    _write_config(tmp_path, _default_config())
+    out = _snakemake(tmp_path, "--profile", str(REPO / "profiles" / "slurm"), "-n")
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = " ".join((out.stdout + out.stderr).split())
+    assert "encode 12" in text and "features 4" in text

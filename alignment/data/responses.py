@@ -123,19 +123,6 @@ def load_responses(path: str | Path, on_bad_voxels: str = "error") -> xr.Dataset
     return validate_responses(read_netcdf(path), source=path, on_bad_voxels=on_bad_voxels)
 
 
-def zscore(values: np.ndarray, groups=None) -> np.ndarray:
-    """Z-score columns within each group of rows (e.g. session or run); constant -> 0."""
-    values = np.asarray(values, dtype=np.float32)
-    out = np.empty_like(values)
-    groups = np.zeros(len(values)) if groups is None else np.asarray(groups)
-    for g in np.unique(groups):
-        idx = groups == g
-        part = values[idx]
-        sd = part.std(0)
-        out[idx] = (part - part.mean(0)) / np.where(sd > 0, sd, 1.0)
-    return out
-
-
 def average_repeats(values: np.ndarray, stimulus_ids) -> tuple[np.ndarray, np.ndarray]:
     """Mean response per stimulus id, in order of first appearance.
 

@@ -1,0 +1,1 @@
+"""Dataset adapters -> Responses, and the built-in synthetic demo."""

@@ -1,0 +1,1 @@
+"""Encoders from features to voxels; the shared CV loop lives in alignment.evaluation."""

@@ -1,0 +1,1 @@
+"""Stimulus sets: image tables, procedural demo images, narratives with word timings."""
