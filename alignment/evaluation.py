@@ -95,6 +95,19 @@ def image_features_matrix(
     return np.asarray(layer.values, dtype=np.float32)[idx]
 
 
+def preprocess_timeseries(
+    values: np.ndarray, runs, tr: float, ts: dict, zscore: bool = True
+) -> np.ndarray:
+    """Detrend per run (as ``ts`` says), optionally z-score per run: what encoders are scored on."""
+    ts = {**TIMESERIES_DEFAULTS, **ts}
+    if ts["detrend"] == "polynomial":
+        kwargs = {"order": ts["detrend_order"]}
+    else:
+        kwargs = {"window": round(ts["savgol_window_s"] / tr) | 1}
+    out = timeseries.detrend(values, runs=runs, method=ts["detrend"], **kwargs)
+    return timeseries.zscore_runs(out, runs, allow_constant=True) if zscore else out
+
+
 def narrative_design(responses: xr.Dataset, cv: dict, ts: dict) -> Design:
     """Detrended, per-run z-scored targets and blocked folds for a narrative experiment."""
     cv, ts = {**CV_DEFAULTS, **cv}, {**TIMESERIES_DEFAULTS, **ts}
@@ -102,15 +115,7 @@ def narrative_design(responses: xr.Dataset, cv: dict, ts: dict) -> Design:
     tr = float(responses.attrs.get("tr", 0))
     if tr <= 0:
         raise InputError("narrative responses need a positive 'tr' attribute (seconds)")
-    kwargs = (
-        {"order": ts["detrend_order"]}
-        if ts["detrend"] == "polynomial"
-        else {"window": round(ts["savgol_window_s"] / tr) | 1}
-    )
-    Y = timeseries.detrend(
-        responses[dims.RESPONSES].values, runs=runs, method=ts["detrend"], **kwargs
-    )
-    Y = timeseries.zscore_runs(Y, runs, allow_constant=True)
+    Y = preprocess_timeseries(responses[dims.RESPONSES].values, runs, tr, ts)
     outer = folds.blocked_folds(
         len(Y), cv["n_folds"], cv["gap_trs"], runs=runs if cv["n_folds"] == "runs" else None
     )

@@ -129,6 +129,6 @@ def test_planted_rois_beat_the_random_feature_control(
         control = max(
             _r_over_ceiling(res["random"], roi, layer) for layer in res["random"][dims.LAYER].values
         )
-        assert model > control + 0.3, (roi, model, control)
+        assert model > control + 0.2, (roi, model, control)
         # and the control is where chance puts it: its null rejects rarely
         assert (res["random"][dims.Q].values < 0.05).mean() < 0.05

@@ -28,6 +28,7 @@ import xarray as xr
 from alignment import dims, timeseries
 from alignment.data import surface
 from alignment.data.responses import make_responses
+from alignment.evaluation import preprocess_timeseries
 from alignment.features import extract_features, huggingface
 from alignment.io import atomic_path, write_json, write_netcdf, write_text
 from alignment.stimuli import images as image_stimuli
@@ -258,7 +259,8 @@ def make_narrative_experiment(root: Path, params: dict, minilm_dir: Path) -> dic
         "tr": tr,
         "rois": {name: {"layer": huggingface.layer_name(layer), "driver": "MiniLM word features through an SPM HRF"}
                  for name, layer in p["layers"].items()},
-        "ceiling": "NC = s^2 / (s^2 + noise^2): shared-signal fraction of variance (drift excluded), per voxel",
+        "ceiling": "shared-signal fraction of variance after the default detrending (Savitzky-Golay, "
+        "120 s, per run), per voxel in sub-XX_truth.nc",
     }
     n_tr_total = len(runs)
     t = np.arange(n_tr_total) * tr
@@ -268,14 +270,19 @@ def make_narrative_experiment(root: Path, params: dict, minilm_dir: Path) -> dic
             srng.normal(0, p["drift_sd"], n_vox) * np.cos(2 * np.pi * t[:, None] / period + srng.uniform(0, 2 * np.pi, n_vox))
             for period in (300.0, 500.0, 900.0)
         )
-        data = signal * ncsnr + srng.standard_normal((n_tr_total, n_vox)) + drift
+        noise = srng.standard_normal((n_tr_total, n_vox)) + drift
+        data = signal * ncsnr + noise
         ds = make_responses(
             data, kind="narrative", run=runs, roi=roi, hemi=hemi, vertex=vertex,
             attrs={"dataset": "demo-narrative", "subject": subject, "space": "fsaverage5", "tr": tr,
                    "first_volume_time": 0.0, "source": "synthetic demo (alignment demo-data)"},
         )
         write_netcdf(ds, root / f"sub-{subject}_responses.nc")
-        nc = ncsnr**2 / (ncsnr**2 + 1)
+        # The true ceiling of the data as analysed: the shared-signal fraction of variance after
+        # the pipeline's default detrending (linear, so signal and noise detrend separately).
+        kept_signal = preprocess_timeseries(signal * ncsnr, runs, tr, {}, zscore=False).var(0)
+        kept_noise = preprocess_timeseries(noise, runs, tr, {}, zscore=False).var(0)
+        nc = kept_signal / (kept_signal + kept_noise)
         write_netcdf(_truth_dataset(nc, ncsnr, roi, hemi, vertex, subject), root / f"sub-{subject}_truth.nc")
     return truth
 

@@ -8,11 +8,7 @@ check_config(config, workflow.source_path("../schemas/config.schema.yaml"))
 
 CONFIG_HASH = config_hash(config)
 DATASETS = config["datasets"]
-# BLAS/torch threads follow the threads Snakemake grants each job
-shell.prefix(
-    "set -euo pipefail; export OMP_NUM_THREADS={threads} OPENBLAS_NUM_THREADS={threads}"
-    " MKL_NUM_THREADS={threads}; "
-)
+# Snakemake itself exports OMP_NUM_THREADS, MKL_NUM_THREADS... = {threads} to every job.
 
 
 def as_arg(obj):
