@@ -9,6 +9,8 @@ CORES ?= 2
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export MPLBACKEND := Agg
+# rules call the `alignment` console script installed in the venv
+export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: demo test setup lint format clean help
 
