@@ -52,7 +52,6 @@ class Design:
     train_rows: np.ndarray | None = None  # images, train_on="trials": image row of every trial
     Y_train: np.ndarray | None = None  # images, train_on="trials": trial responses
     train_groups: np.ndarray | None = None
-    runs: np.ndarray | None = None  # narratives: run of each TR
 
 
 def image_design(responses: xr.Dataset, cv: dict) -> tuple[Design, np.ndarray]:
@@ -95,6 +94,20 @@ def image_features_matrix(
     return np.asarray(layer.values, dtype=np.float32)[idx]
 
 
+def _tr(responses: xr.Dataset) -> float:
+    tr = float(responses.attrs.get("tr", 0))
+    if tr <= 0:
+        raise InputError("narrative responses need a positive 'tr' attribute (seconds)")
+    return tr
+
+
+def _voxel_coords(ds: xr.Dataset) -> dict:
+    """The voxel labels (roi, hemi, vertex) of ``ds``, to carry onto a derived object."""
+    return {
+        c: (dims.VOXEL, ds[c].values) for c in (dims.ROI, dims.HEMI, dims.VERTEX) if c in ds.coords
+    }
+
+
 def preprocess_timeseries(
     values: np.ndarray, runs, tr: float, ts: dict, zscore: bool = True
 ) -> np.ndarray:
@@ -112,14 +125,11 @@ def narrative_design(responses: xr.Dataset, cv: dict, ts: dict) -> Design:
     """Detrended, per-run z-scored targets and blocked folds for a narrative experiment."""
     cv, ts = {**CV_DEFAULTS, **cv}, {**TIMESERIES_DEFAULTS, **ts}
     runs = responses[dims.RUN].values.astype(str)
-    tr = float(responses.attrs.get("tr", 0))
-    if tr <= 0:
-        raise InputError("narrative responses need a positive 'tr' attribute (seconds)")
-    Y = preprocess_timeseries(responses[dims.RESPONSES].values, runs, tr, ts)
+    Y = preprocess_timeseries(responses[dims.RESPONSES].values, runs, _tr(responses), ts)
     outer = folds.blocked_folds(
         len(Y), cv["n_folds"], cv["gap_trs"], runs=runs if cv["n_folds"] == "runs" else None
     )
-    return Design(Y=Y, folds=outer, kind="narrative", runs=runs)
+    return Design(Y=Y, folds=outer, kind="narrative")
 
 
 def narrative_features_matrix(
@@ -300,11 +310,7 @@ def score_layers(
             np.nanmax(scores[dims.R]),
         )
     layer_names = list(layers)
-    voxel_coords = {
-        c: (dims.VOXEL, responses[c].values)
-        for c in (dims.ROI, dims.HEMI, dims.VERTEX)
-        if c in responses.coords
-    }
+    voxel_coords = _voxel_coords(responses)
     ds = xr.Dataset(
         {key: ((dims.LAYER, dims.VOXEL), np.stack(vals)) for key, vals in out.items()},
         coords={
@@ -364,16 +370,17 @@ def noise_ceiling(
                     f"{src}: shape {dict(ds.sizes)} differs from {sources[index]} "
                     f"{dict(subject.sizes)}; inter-subject ceilings need one space and timing"
                 )
-            prepared.append(narrative_design(ds, {}, timeseries_spec or {}).Y)
+            runs = ds[dims.RUN].values.astype(str)
+            prepared.append(
+                preprocess_timeseries(
+                    ds[dims.RESPONSES].values, runs, _tr(ds), timeseries_spec or {}
+                )
+            )
         # "ratio" stays unbiased when subjects differ in noise level; it needs 3 subjects
         isc_method = "ratio" if len(prepared) >= 3 else "pairwise"
         values = ceilings.isc_ceiling(np.stack(prepared), method=isc_method)[index]
         method, extra = f"inter-subject correlation ({isc_method})", {}
-    coords = {
-        c: (dims.VOXEL, subject[c].values)
-        for c in (dims.ROI, dims.HEMI, dims.VERTEX)
-        if c in subject.coords
-    }
+    coords = _voxel_coords(subject)
     return xr.Dataset(
         {dims.CEILING: (dims.VOXEL, np.asarray(values, dtype=np.float32)), **extra},
         coords=coords,

@@ -33,58 +33,53 @@ def _r_over_ceiling(scores, roi, layer):
     return float(np.mean(r / np.sqrt(scores[dims.CEILING].values[sel])))
 
 
-@pytest.fixture(scope="module")
-def image_results(demo_root):
-    stimuli = read_image_table(demo_root / "images" / "stimuli.tsv")
-    vit, _ = extract_features(
-        {"source": str(demo_root / "models" / "vit-tiny-untrained"), "modality": "image"}, stimuli
-    )
-    rand, _ = extract_features({"kind": "random", "modality": "image", "n_units": 96}, stimuli)
-    responses = [load_responses(demo_root / "images" / f"sub-0{i}_responses.nc") for i in (1, 2, 3)]
-    ceiling = noise_ceiling(responses, 0)
+def _score_experiment(demo_root, experiment, stimuli, model_spec, random_spec, ts=None):
+    """Ceiling, model and random-control scores of sub-01, with the planted ceiling."""
+    model, _ = extract_features(model_spec, stimuli)
+    rand, _ = extract_features(random_spec, stimuli)
+    folder = demo_root / experiment
+    responses = [load_responses(folder / f"sub-0{i}_responses.nc") for i in (1, 2, 3)]
+    ceiling = noise_ceiling(responses, 0, ts)
     kw = {
         "encoder_spec": ENCODER,
         "cv": CV,
         "stats_spec": STATS,
+        "timeseries_spec": ts,
         "ceiling": ceiling[dims.CEILING].values,
     }
     return {
-        "model": score_layers(responses[0], vit, **kw),
+        "model": score_layers(responses[0], model, **kw),
         "random": score_layers(responses[0], rand, **kw),
         "ceiling": ceiling,
-        "true_ceiling": read_netcdf(demo_root / "images" / "sub-01_truth.nc"),
+        "true_ceiling": read_netcdf(folder / "sub-01_truth.nc"),
     }
 
 
 @pytest.fixture(scope="module")
+def image_results(demo_root):
+    return _score_experiment(
+        demo_root,
+        "images",
+        read_image_table(demo_root / "images" / "stimuli.tsv"),
+        {"source": str(demo_root / "models" / "vit-tiny-untrained"), "modality": "image"},
+        {"kind": "random", "modality": "image", "n_units": 96},
+    )
+
+
+@pytest.fixture(scope="module")
 def narrative_results(demo_root):
-    words = read_word_table(demo_root / "narrative" / "words.tsv")
-    minilm, _ = extract_features(
+    return _score_experiment(
+        demo_root,
+        "narrative",
+        read_word_table(demo_root / "narrative" / "words.tsv"),
         {
             "source": str(demo_root / "models" / "all-MiniLM-L6-v2"),
             "modality": "text",
             "context_words": 20,
         },
-        words,
+        {"kind": "random", "modality": "text", "n_units": 384},
+        TS,
     )
-    rand, _ = extract_features({"kind": "random", "modality": "text", "n_units": 384}, words)
-    responses = [
-        load_responses(demo_root / "narrative" / f"sub-0{i}_responses.nc") for i in (1, 2, 3)
-    ]
-    ceiling = noise_ceiling(responses, 0, TS)
-    kw = {
-        "encoder_spec": ENCODER,
-        "cv": CV,
-        "stats_spec": STATS,
-        "timeseries_spec": TS,
-        "ceiling": ceiling[dims.CEILING].values,
-    }
-    return {
-        "model": score_layers(responses[0], minilm, **kw),
-        "random": score_layers(responses[0], rand, **kw),
-        "ceiling": ceiling,
-        "true_ceiling": read_netcdf(demo_root / "narrative" / "sub-01_truth.nc"),
-    }
 
 
 def test_image_rois_peak_at_the_planted_layer(image_results, demo_root):
