@@ -5,7 +5,8 @@ A model is described by a spec (one entry of ``models:`` in config.yaml)::
     kind: huggingface | random
     source: local folder or Hugging Face id        (huggingface)
     modality: image | text
-    pooling: mean | cls                             (images)
+    pooling: mean | cls | tokens                    (images; tokens keeps every patch token)
+    float16: false                                  (store features as float16, e.g. tokens)
     context_words: 50                               (narratives)
     layers: all | [0, 2, 4]
     n_units / n_layers / seed                       (random)
@@ -38,6 +39,7 @@ MODEL_DEFAULTS = {
     "n_units": 64,
     "n_layers": 1,
     "seed": 0,
+    "float16": False,
 }
 
 
@@ -91,7 +93,10 @@ def extract_features(
     Returns
     -------
     layers : dict of layer name to DataArray
-        Dims (stimulus, unit) for images, (word, unit) for narratives, with id/timing coords.
+        Dims (stimulus, unit) for images, (word, unit) for narratives, with id/timing coords;
+        (stimulus, token, unit) for ``pooling: tokens``, with ``token_grid`` ([rows, columns]
+        of the patch grid, row-major) in the DataArray's attrs. float32, or float16 when the
+        spec sets ``float16: true``.
     attrs : dict
         Provenance to store with the features.
     """
@@ -159,10 +164,25 @@ def extract_features(
                 "text": (row_dim, stimuli["word"].astype(str).to_numpy()),
             }
         )
-    layers = {
-        layer: xr.DataArray(arr, dims=(row_dim, dims.UNIT), coords=coords, name=dims.FEATURES)
-        for layer, arr in arrays.items()
-    }
+    dtype = np.float16 if spec["float16"] else np.float32
+    layers = {}
+    for layer, arr in arrays.items():
+        if arr.ndim == 3:
+            da = xr.DataArray(
+                arr.astype(dtype, copy=False),
+                dims=(row_dim, dims.TOKEN, dims.UNIT),
+                coords=coords,
+                name=dims.FEATURES,
+                attrs={"token_grid": list(info["token_grid"])},
+            )
+        else:
+            da = xr.DataArray(
+                arr.astype(dtype, copy=False),
+                dims=(row_dim, dims.UNIT),
+                coords=coords,
+                name=dims.FEATURES,
+            )
+        layers[layer] = da
     attrs = {
         dims.MODEL: name,
         "modality": modality,
@@ -172,6 +192,7 @@ def extract_features(
         "control": int(spec["kind"] == "random"),
         "cache_key": cache_key(spec),
         "spec": json.dumps(spec, default=str),
+        "dtype": np.dtype(dtype).name,
         "alignment_version": __version__,
         **info,
     }

@@ -71,18 +71,31 @@ def _select(hidden_states, layers) -> dict[str, torch.Tensor]:
     return {layer_name(i % n): hidden_states[i] for i in indices}
 
 
-def _n_special_tokens(model, n_tokens: int) -> int:
-    """Number of leading non-patch tokens (CLS, registers) in a ViT-like sequence."""
-    cfg = model.config
-    image_size = getattr(cfg, "image_size", None)
+def token_grid(model, pixel_values: torch.Tensor) -> tuple[int, int] | None:
+    """(rows, columns) of the patch-token grid for the processed images, None if unknown.
+
+    Computed from the processed pixel size, not ``config.image_size``: DINOv2's config says 518
+    while its processor crops to 224.
+    """
+    cfg = getattr(model.config, "vision_config", model.config)
     patch = getattr(cfg, "patch_size", None)
-    if isinstance(image_size, list | tuple):
-        image_size = image_size[0]
     if isinstance(patch, list | tuple):
         patch = patch[0]
-    if image_size and patch:
-        return max(0, n_tokens - (image_size // patch) ** 2)
-    return 1
+    if not patch:
+        return None
+    return int(pixel_values.shape[-2]) // patch, int(pixel_values.shape[-1]) // patch
+
+
+def _n_special_tokens(grid, n_tokens: int) -> int:
+    """Number of leading non-patch tokens (CLS, registers) in a ViT-like sequence."""
+    if grid is None:
+        return 1
+    n_special = n_tokens - grid[0] * grid[1]
+    if n_special < 0:
+        raise InputError(
+            f"{n_tokens} tokens but a {grid[0]}x{grid[1]} patch grid: cannot locate patch tokens"
+        )
+    return n_special
 
 
 @torch.no_grad()
@@ -103,8 +116,10 @@ def image_features(
         Local folder or Hugging Face id of a model with an image processor.
     images : list of PIL.Image
         RGB images.
-    pooling : {"mean", "cls"}
-        ``mean`` averages the patch tokens (special tokens excluded); ``cls`` takes token 0.
+    pooling : {"mean", "cls", "tokens"}
+        ``mean`` averages the patch tokens (special tokens excluded); ``cls`` takes token 0;
+        ``tokens`` keeps every patch token (CLS and register tokens dropped), row-major over
+        the patch grid, giving (n_images, n_tokens, n_units) arrays.
     layers : "all" or list of int
         Hidden-state indices (0 = embeddings).
     batch_size : int
@@ -115,24 +130,34 @@ def image_features(
     Returns
     -------
     features : dict of layer name to (n_images, n_units) float32 arrays
+        ((n_images, n_tokens, n_units) for ``pooling="tokens"``)
     info : dict
-        Provenance: source, revision, image_size, pooling, n_layers.
+        Provenance: source, revision, image_size, pooling, n_layers, and ``token_grid``
+        ([rows, columns]) for ``tokens``.
     """
     from transformers import AutoImageProcessor
 
-    if pooling not in ("mean", "cls"):
-        raise InputError(f"pooling {pooling!r} is not supported for images; use 'mean' or 'cls'")
+    if pooling not in ("mean", "cls", "tokens"):
+        raise InputError(
+            f"{source}: pooling {pooling!r} is not supported for images; use 'mean', 'cls' or "
+            "'tokens'"
+        )
     model = load_model(source, revision)
     processor = AutoImageProcessor.from_pretrained(source, revision=revision)
     chunks: dict[str, list[np.ndarray]] = {}
     for start in tqdm(range(0, len(images), batch_size), desc="image batches", unit="batch"):
         inputs = processor(images=images[start : start + batch_size], return_tensors="pt")
         out = model(**inputs, output_hidden_states=True)
+        grid = token_grid(model, inputs["pixel_values"])
         for name, h in _select(out.hidden_states, layers).items():
             if pooling == "cls":
                 pooled = h[:, 0]
+            elif pooling == "tokens":
+                if grid is None:
+                    raise InputError(f"{source}: no patch_size in the config; cannot keep tokens")
+                pooled = h[:, _n_special_tokens(grid, h.shape[1]) :]
             else:
-                pooled = h[:, _n_special_tokens(model, h.shape[1]) :].mean(dim=1)
+                pooled = h[:, _n_special_tokens(grid, h.shape[1]) :].mean(dim=1)
             chunks.setdefault(name, []).append(pooled.float().numpy())
     features = {name: np.concatenate(parts) for name, parts in chunks.items()}
     size = inputs["pixel_values"].shape[-1]
@@ -144,6 +169,8 @@ def image_features(
         "n_layers": len(features),
         "model_class": type(model).__name__,
     }
+    if pooling == "tokens":
+        info["token_grid"] = list(grid)
     return features, info
 
 
