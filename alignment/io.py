@@ -133,7 +133,8 @@ def write_zarr_layers(
     with atomic_path(path) as tmp:
         for i, (name, arr) in enumerate(layers.items()):
             ds = arr.to_dataset(name="features")
-            ds.attrs = {**attrs, "layer": name, "layer_index": i}
+            index = int(arr["layer_index"]) if "layer_index" in arr.coords else i
+            ds.attrs = {**attrs, "layer": name, "layer_index": index}
             # chunked on the first dimension (whole rows of tokens and units per chunk)
             encoding = {"features": {"chunks": (_chunk_rows(arr), *arr.shape[1:])}}
             ds.to_zarr(tmp, group=name, mode="a", consolidated=False, encoding=encoding)
