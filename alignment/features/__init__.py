@@ -455,9 +455,10 @@ def _progress(job: Job, iterator, start: int = 0):
             n += b - a
             yield a, b, arrays
     dt = time.perf_counter() - t0
+    what = {"stimulus": "stimuli", "word": "words"}.get(job.row_dim, job.row_dim)
     log.info(
-        "%s: %d %ss in %.1f s (%.1f %ss/s), %d layers",
-        job.name, n, job.row_dim, dt, n / max(dt, 1e-9), job.row_dim, len(job.indices),
+        "%s: %d %s in %.1f s (%.1f %s/s), %d layers",
+        job.name, n, what, dt, n / max(dt, 1e-9), what, len(job.indices),
     )  # fmt: skip
 
 

@@ -2,10 +2,11 @@
 
 The store is built in a sibling folder ``.<name>.partial``, one zarr group per layer (the layout
 of :func:`alignment.io.write_zarr_layers`, which :func:`alignment.io.read_zarr_layers` reads).
-Every batch is written as it comes; after each batch ``progress.json`` records the rows done
-(written atomically, after the data). A killed run leaves the partial folder; a rerun with the
-same cache key and stimuli resumes at the start of the chunk holding the first unfinished row
-(that chunk may have been half-written when the process died, so it is recomputed whole). Only
+Every batch is written as it comes (by a writer thread, overlapping the next forward pass);
+after each batch ``progress.json`` records the rows done (written atomically, after the data;
+zarr replaces each chunk file atomically too, so a chunk is never half-written). Chunks hold a
+divisor of the batch size in rows, so a batch fills whole chunks. A killed run leaves the partial
+folder; a rerun with the same cache key and stimuli resumes at its first unfinished row. Only
 when every row is written does the folder get its root attributes and move onto the final name
 by one rename, so a later step never sees a half-written store.
 """
@@ -17,6 +18,8 @@ import json
 import logging
 import os
 import shutil
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -40,9 +43,15 @@ def _ids_hash(ids) -> str:
     return hashlib.sha256("\n".join(map(str, ids)).encode()).hexdigest()[:16]
 
 
-def _chunk_rows(row_shape, itemsize: int, n_rows: int, target_bytes: int = 16 * 2**20) -> int:
+def _chunk_rows(
+    row_shape, itemsize: int, n_rows: int, batch_size: int, target_bytes: int = 16 * 2**20
+) -> int:
+    """Rows per chunk: a divisor of the batch size (no read-modify-write), about 16 MiB at most."""
     row_bytes = max(1, int(np.prod(row_shape)) * itemsize)
-    return max(1, min(n_rows, 1024, target_bytes // row_bytes))
+    rows = max(1, min(n_rows, batch_size, target_bytes // row_bytes))
+    while batch_size % rows and rows < n_rows:
+        rows -= 1
+    return rows
 
 
 def _complete(out: Path, key: str) -> bool:
@@ -79,7 +88,7 @@ def write_store(job, out, *, progress=None, batch_size: int | None = None) -> di
             saved = {}
         if all(saved.get(k) == v for k, v in state.items()) and saved.get("chunk_rows"):
             chunk_rows = int(saved["chunk_rows"])
-            start = (int(saved["rows_done"]) // chunk_rows) * chunk_rows
+            start = int(saved["rows_done"])
             log.info("%s: resuming at row %d of %d", out, start, job.n_rows)
     if start == 0 and tmp.exists():
         shutil.rmtree(tmp)
@@ -87,7 +96,7 @@ def write_store(job, out, *, progress=None, batch_size: int | None = None) -> di
 
     arrays: dict[int, zarr.Array] = {}
 
-    def open_arrays(first: dict, create: bool):
+    def open_arrays(first: dict | None, create: bool):
         nonlocal chunk_rows
         for i in job.indices:
             group = layer_name(i)
@@ -98,7 +107,9 @@ def write_store(job, out, *, progress=None, batch_size: int | None = None) -> di
             xr.Dataset(coords=coords).to_zarr(tmp, group=group, mode="w", consolidated=False)
             row_shape = first[i].shape[1:]
             if chunk_rows is None:
-                chunk_rows = _chunk_rows(row_shape, np.dtype(job.dtype).itemsize, job.n_rows)
+                chunk_rows = _chunk_rows(
+                    row_shape, np.dtype(job.dtype).itemsize, job.n_rows, batch_size
+                )
             g = zarr.open_group(str(tmp / group), mode="a")
             a = g.create_array(
                 "features",
@@ -114,16 +125,28 @@ def write_store(job, out, *, progress=None, batch_size: int | None = None) -> di
     it = job.batches(start, batch_size)
     if progress is not None:
         it = progress(job, it, start)
-    done = start
-    for a, b, batch in it:
-        if a != done:
-            raise RuntimeError(f"batches out of order: expected row {done}, got {a}")
-        if not arrays:
-            open_arrays(batch, create=start == 0)
+
+    def write(a, b, batch):
         for i in job.indices:
             arrays[i][a:b] = batch[i].astype(job.dtype, copy=False)
-        done = b
-        write_json(prog, {**state, "rows_done": done, "chunk_rows": chunk_rows})
+        write_json(prog, {**state, "rows_done": b, "chunk_rows": chunk_rows})
+
+    done = start
+    pending: deque = deque()
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        for a, b, batch in it:
+            if a != done:
+                raise RuntimeError(f"batches out of order: expected row {done}, got {a}")
+            if not arrays:
+                open_arrays(batch, create=start == 0)
+            pending.append(writer.submit(write, a, b, batch))
+            while len(pending) > 2:
+                pending.popleft().result()
+            done = b
+        while pending:
+            pending.popleft().result()
+    if not arrays and start > 0:  # killed after the last batch, before the rename
+        open_arrays(None, create=False)
     if done != job.n_rows:
         raise RuntimeError(f"extraction stopped at row {done} of {job.n_rows}")
 
