@@ -147,7 +147,7 @@ class Job:
     def final_attrs(self) -> dict:
         """Provenance, including what the extraction learned (token grid, image size)."""
         attrs = dict(self.attrs)
-        for k in ("token_grid", "image_size"):
+        for k in ("token_grid", "image_size", "n_image_tokens"):
             if k in self.info:
                 v = self.info[k]
                 attrs[k] = list(v) if isinstance(v, list | tuple) else v
@@ -275,7 +275,7 @@ def prepare(spec: dict, stimuli: pd.DataFrame, *, name: str = "model") -> Job:
     elif kind == "images" and family == "mllm":
         from alignment.features import multimodal
 
-        pooling = pooling or "last_token"
+        pooling = "mean" if spec["stream"] == "vision" else (pooling or "last_token")
         multimodal.attach_processor(loaded, spec, name=name)
         resolved["preprocessing"] = multimodal.preprocessing(loaded.processor)
         indices = resolve_layers(spec["layers"], loaded.n_hidden_states, model=name)
@@ -368,10 +368,9 @@ def prepare(spec: dict, stimuli: pd.DataFrame, *, name: str = "model") -> Job:
         attrs["context_words"] = int(spec["context_words"])
         if "window_stride_words" in resolved:
             attrs["window_stride_words"] = resolved["window_stride_words"]
-    if spec["prompt"] is not None:
-        attrs["prompt"] = str(spec["prompt"])
     if family == "mllm":
         attrs["stream"] = spec["stream"]
+        attrs["prompt"] = loaded.extra["prompt"]
     job = Job(
         name,
         spec,
