@@ -32,7 +32,7 @@ def mllms(tmp_path_factory):
     return {
         "llava": build_tiny_llava(
             root / "llava", TEXTS, image_size=32, hidden_size=32, n_layers=2, vision_layers=2
-        ),  # fmt: skip
+        ),
         "idefics3": build_tiny_idefics3(root / "idefics3", TEXTS),
     }
 
