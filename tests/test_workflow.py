@@ -55,8 +55,8 @@ def test_dry_run_lists_the_whole_dag(tmp_path):
     text = out.stdout + out.stderr
     for rule in ("demo_data", "features", "ceiling", "encode", "report", "summary", "all"):
         assert rule in text
-    # 3 subjects x 2 datasets x 2 models x 1 encoder
-    assert "encode          12" in text.replace("\t", " ") or "encode 12" in " ".join(text.split())
+    # 3 subjects x (4 image + 3 narrative models) x 1 encoder
+    assert "encode          21" in text.replace("\t", " ") or "encode 21" in " ".join(text.split())
 
 
 def test_config_typo_fails_at_start_with_a_suggestion(tmp_path):

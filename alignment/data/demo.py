@@ -61,6 +61,12 @@ DEFAULTS = {
         "drift_sd": 0.5,
         "teacher_rank": 8,
     },
+    # small untrained models shown next to the teachers (not used to plant any signal)
+    "extra_models": {
+        "llm": {"hidden_size": 64, "n_layers": 4, "init_range": 0.2},
+        "mllm": {"hidden_size": 64, "n_layers": 4, "vision_layers": 2, "init_range": 0.2},
+        "prompts": ["Describe the image.", "What colour is the object?"],
+    },
 }
 
 IMAGE_ROIS = {
@@ -313,6 +319,27 @@ def link_minilm(models_dir: Path) -> Path:
     return target
 
 
+def build_demo_models(models_dir: Path, params: dict) -> dict[str, Path]:
+    """Build the demo's small untrained decoder LLM and multimodal LLM (once) from configs.
+
+    Their tokenizers are trained on the demo story and prompts, so nothing is downloaded.
+    """
+    from alignment.features.tiny import build_tiny_decoder, build_tiny_llava
+
+    extra = params["extra_models"]
+    texts = [*narrative_stimuli.generate_story(params["narrative"]["n_sentences"], random_state=params["seed"]),
+             *extra["prompts"]]
+    out = {"llm": models_dir / "llama-tiny-untrained", "mllm": models_dir / "llava-tiny-untrained"}
+    if not (out["llm"] / "config.json").exists():
+        with atomic_path(out["llm"]) as tmp:
+            build_tiny_decoder(tmp, texts, seed=params["seed"], **extra["llm"])
+    if not (out["mllm"] / "config.json").exists():
+        with atomic_path(out["mllm"]) as tmp:
+            build_tiny_llava(tmp, texts, image_size=params["images"]["image_size"], patch_size=params["images"]["vit"]["patch_size"],
+                             seed=params["seed"], **extra["mllm"])
+    return out
+
+
 def make_demo(root: str | Path = "data/demo", overrides: dict | None = None) -> dict:
     """Generate the whole demo dataset under ``root`` and return the planted truth.
 
@@ -326,6 +353,7 @@ def make_demo(root: str | Path = "data/demo", overrides: dict | None = None) -> 
     params = demo_params(overrides)
     root = Path(root)
     minilm = link_minilm(root / "models")
+    build_demo_models(root / "models", params)
     truth = {
         "demo-images": make_image_experiment(root / "images", params),
         "demo-narrative": make_narrative_experiment(root / "narrative", params, minilm),
