@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -253,7 +254,7 @@ def prepare(spec: dict, stimuli: pd.DataFrame, *, name: str = "model") -> Job:
     resolved = {"revision": loaded.revision, "dtype": str(loaded.dtype).replace("torch.", "")}
     family = loaded.family
     pooling = spec["pooling"]
-    n_workers = int(spec.get("n_workers", 4))
+    n_workers = int(spec.get("n_workers") or min(8, os.cpu_count() or 1))
 
     if kind == "images" and family == "vision":
         from alignment.features import vision
