@@ -7,7 +7,8 @@ import pytest
 from sklearn.linear_model import Ridge
 from sklearn.preprocessing import StandardScaler
 
-from alignment.encoders.ridge import RidgeEncoder, make_encoder
+from alignment.encoders import make_encoder
+from alignment.encoders.ridge import RidgeEncoder
 
 
 def _data(n=120, p=20, v=6, noise=0.5, seed=0):
@@ -69,6 +70,6 @@ def test_bad_input_raises_clear_errors():
     with pytest.raises(ValueError, match="features"):
         enc.predict(X[:, :5])
     with pytest.raises(ValueError, match="unknown encoder kind"):
-        make_encoder({"kind": "lasso"}, cv=3)
+        make_encoder({"kind": "lasso"})
     with pytest.raises(ValueError, match="solver"):
         RidgeEncoder(solver="qr").fit(X, Y)
