@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from alignment import __version__, dims, folds, timeseries
 from alignment.data.responses import align_ids, average_repeats, row_dim
 from alignment.encoders import EncoderContext, encoder_kind, make_encoder
-from alignment.encoders.registry import check_features
+from alignment.encoders.registry import check_features, select_layers
 from alignment.io import InputError
 from alignment.metrics import ceilings, correlation, stats
 
@@ -358,6 +358,7 @@ def score_layers(
     stats_spec = {**STATS_DEFAULTS, **stats_spec}
     timeseries_spec = timeseries_spec or {}
     kind = encoder_kind(encoder_spec)
+    layers = select_layers(encoder_spec, layers, features_source)
     narrative = row_dim(responses) == dims.TIME
     if narrative:
         design = narrative_design(responses, cv, timeseries_spec)

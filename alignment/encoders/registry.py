@@ -23,6 +23,8 @@ import numpy as np
 from alignment.io import InputError
 
 INPUT_KINDS = ("pooled", "tokens")
+# keys every encoder spec may hold, read by the CV loop rather than by the estimator
+GENERIC_KEYS = ("kind", "layers")
 
 
 @dataclass
@@ -102,10 +104,33 @@ def encoder_kind(spec: dict | str) -> EncoderKind:
 
 def make_encoder(spec: dict, context: EncoderContext | None = None):
     """Build the estimator of an encoder spec (``kind`` plus its parameters) for one fold."""
-    spec = dict(spec)
     kind = encoder_kind(spec)
-    spec.pop("kind", None)
-    return kind.estimator.from_spec(spec, context or EncoderContext())
+    params = {k: v for k, v in spec.items() if k not in GENERIC_KEYS}
+    return kind.estimator.from_spec(params, context or EncoderContext())
+
+
+def select_layers(spec: dict, layers: dict, source: str = "features") -> dict:
+    """The layers an encoder runs on: all, or those its spec's ``layers`` names.
+
+    ``layers`` in an encoder spec is ``all`` (default), a list of layer names
+    (``layer_05``) or of positions in the store (``-1`` = last).
+    """
+    wanted = spec.get("layers", "all")
+    if wanted in (None, "all"):
+        return dict(layers)
+    names = list(layers)
+    out = {}
+    for item in wanted:
+        if isinstance(item, int) and -len(names) <= item < len(names):
+            out[names[item]] = layers[names[item]]
+        elif item in layers:
+            out[item] = layers[item]
+        else:
+            raise InputError(
+                f"{source}: encoder {spec.get('kind')!r} asks for layer {item!r}; "
+                f"the store holds {names}"
+            )
+    return out
 
 
 def features_kind(model_spec: dict) -> str:
