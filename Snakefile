@@ -11,6 +11,7 @@ if not workflow.overwrite_configfiles:
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/datasets.smk"
 include: "workflow/rules/features.smk"
 include: "workflow/rules/encoders.smk"
 include: "workflow/rules/scores.smk"

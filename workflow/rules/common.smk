@@ -3,12 +3,14 @@ import json
 import shlex
 
 from alignment.config import check_config, config_hash
+from alignment.data.prepare import resolve_datasets, source_files
 from alignment.encoders import accepts
 
 check_config(config, workflow.source_path("../schemas/config.schema.yaml"))
 
 CONFIG_HASH = config_hash(config)
-DATASETS = config["datasets"]
+# entries with a `format` read prepared inputs under results/data/ (workflow/rules/datasets.smk)
+DATASETS = resolve_datasets(config["datasets"])
 # Snakemake itself exports OMP_NUM_THREADS, MKL_NUM_THREADS... = {threads} to every job.
 
 
