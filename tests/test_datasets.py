@@ -7,7 +7,6 @@ import json
 import h5py
 import nibabel as nib
 import numpy as np
-import pandas as pd
 import pytest
 from scipy.io import savemat
 
@@ -34,7 +33,7 @@ def test_nsd_index_arithmetic_by_hand():
     assert nsd.trial_images(design, 1, 2).tolist() == [12, 10]
     assert nsd.stimulus_ids([22, 5]).tolist() == ["nsd-00022", "nsd-00005"]
     assert nsd.subject_number("subj03") == 3 and nsd.subject_number("1") == 1
-    with pytest.raises(InputError, match="NSD has subjects 01..08; '09'"):
+    with pytest.raises(InputError, match=r"NSD has subjects 01\.\.08; '09'"):
         nsd.subject_number("09")
 
 
@@ -362,8 +361,8 @@ def _bold5000_root(tmp_path, fmt="h5"):
     (root / "ROIs/stim_lists").mkdir(parents=True)
     names = ["rep_a.jpg", "COCO_b.jpg", "n01_c.JPEG", "rep_a.jpg", "d.jpg", "rep_a.jpg"] * 3
     (root / "ROIs/stim_lists/CSI01_stim_lists.txt").write_text("\n".join(names) + "\n")
-    data = {k: rng.standard_normal((len(names), n)).astype(np.float32)
-            for k, n in (("LHPPA", 3), ("RHPPA", 2), ("LHEarlyVis", 4), ("RHEarlyVis", 4))}  # fmt: skip
+    sizes = {"LHPPA": 3, "RHPPA": 2, "LHEarlyVis": 4, "RHEarlyVis": 4}
+    data = {k: rng.standard_normal((len(names), n)).astype(np.float32) for k, n in sizes.items()}
     if fmt == "h5":
         (root / "ROIs/CSI1/h5").mkdir(parents=True)
         with h5py.File(root / "ROIs/CSI1/h5/CSI1_ROIs_TR34.h5", "w") as fh:
@@ -400,7 +399,7 @@ def test_bold5000_rois_repeats_and_images(tmp_path, fmt):
     table = bold5000.read_stimuli(spec, ["1"])
     assert table[dims.STIMULUS_ID].tolist() == ["a.jpg", "COCO_b.jpg", "n01_c.JPEG", "d.jpg"]
     assert table["path"][2].endswith("ImageNet/n01_c.JPEG")
-    with pytest.raises(InputError, match="CSI2_ROIs_TR34.h5: missing BOLD5000 ROI file"):
+    with pytest.raises(InputError, match=r"CSI2_ROIs_TR34\.h5: missing BOLD5000 ROI file"):
         bold5000.read_responses(spec, "2")
 
 
@@ -416,7 +415,7 @@ def test_resolve_datasets_points_format_entries_at_prepared_files():
             "format": "text",
             "responses": "m/{subject}.txt",
             "stimuli": "story.TextGrid",
-        },  # fmt: skip
+        },
         "nsd": {"kind": "images", "format": "nsd", "root": "/data/nsd"},
     }
     out = resolve_datasets(datasets)

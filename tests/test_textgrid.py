@@ -137,8 +137,8 @@ def test_named_tier_and_missing_tier(tmp_path):
 
 def test_truncated_or_foreign_file_is_named(tmp_path):
     (tmp_path / "cut.TextGrid").write_text(LONG[: LONG.index("intervals [4]")])
-    with pytest.raises(InputError, match="cut.TextGrid: TextGrid ends early"):
+    with pytest.raises(InputError, match=r"cut\.TextGrid: TextGrid ends early"):
         read_word_table(tmp_path / "cut.TextGrid")
     (tmp_path / "x.TextGrid").write_text("hello 1 2 3")
-    with pytest.raises(InputError, match="x.TextGrid: not a Praat text TextGrid"):
+    with pytest.raises(InputError, match=r"x\.TextGrid: not a Praat text TextGrid"):
         read_word_table(tmp_path / "x.TextGrid")
