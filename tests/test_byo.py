@@ -110,21 +110,21 @@ def _write_all(root: Path):
             "responses": "byo/sub-{subject}_bold.nii.gz",
             "mask": "byo/mask.nii.gz",
             "space": "MNI152",
-        },  # fmt: skip
+        },
         "mgh": {
             **images,
             **base,
             "format": "mgh",
             "responses": "byo/sub-{subject}_{hemi}.mgh",
             "space": "fsaverage5",
-        },  # fmt: skip
+        },
         "gifti": {
             **images,
             **base,
             "format": "gifti",
             "responses": "byo/sub-{subject}.func.gii",
             "hemi": "left",
-        },  # fmt: skip
+        },
     }
 
 
