@@ -48,6 +48,14 @@ def encoder_input_args(wildcards, input):
     )
 
 
+def dataset_entry(wildcards):
+    """The user's dataset entry as one JSON argument (its own file pattern, not ours)."""
+    spec = dict(DATASETS[wildcards.dataset])
+    if "source_responses" in spec:
+        spec["responses"] = spec.pop("source_responses")
+    return as_arg(spec)
+
+
 def responses_path(dataset, subject):
     return DATASETS[dataset]["responses"].format(subject=subject)
 

@@ -2,14 +2,6 @@
 # subject and, for published datasets, the stimulus table, under results/data/<dataset>/.
 
 
-def dataset_entry(wildcards):
-    """The user's dataset entry as one JSON argument (its own file pattern, not ours)."""
-    spec = dict(DATASETS[wildcards.dataset])
-    if "source_responses" in spec:
-        spec["responses"] = spec.pop("source_responses")
-    return as_arg(spec)
-
-
 rule prepare_responses:
     input:
         lambda wildcards: source_files(DATASETS[wildcards.dataset], wildcards.subject),
