@@ -33,7 +33,9 @@ def _fake_fsaverage(root):
         [[0, 2, 4], [2, 1, 4], [1, 3, 4], [3, 0, 4], [2, 0, 5], [1, 2, 5], [3, 1, 5], [0, 3, 5]]
     )
     for h, dx in (("lh", -45), ("rh", 45)):
-        nib.freesurfer.write_geometry(str(surf / f"{h}.inflated"), verts + [dx, 0, 0], faces)
+        nib.freesurfer.write_geometry(
+            str(surf / f"{h}.inflated"), verts + np.array([dx, 0, 0]), faces
+        )
         nib.freesurfer.write_morph_data(str(surf / f"{h}.sulc"), np.linspace(-1, 1, 6))
     return root / "fsaverage"
 
@@ -51,7 +53,7 @@ def test_fsaverage_map_reads_the_mesh_from_the_freesurfer_folder(tmp_path):
 
     with pytest.raises(InputError, match="need its mesh: set mesh:"):
         plot_surface_map(np.zeros(12), hemi, vertex, space="fsaverage6")
-    with pytest.raises(InputError, match="no surf/lh.inflated"):
+    with pytest.raises(InputError, match=r"no surf/lh\.inflated"):
         plot_surface_map(np.zeros(12), hemi, vertex, space="fsaverage", mesh=str(tmp_path))
 
 

@@ -875,8 +875,10 @@ def map_kind(scores: xr.Dataset) -> str | None:
             return "surface"
     if {"i", "j", "k"} <= coords and "affine" in scores.attrs and "grid_shape" in scores.attrs:
         return "volume"
+    # ROI-level data, or native voxels with ROI labels and no grid (BOLD5000, Pereira)
     if (
-        dims.ROI in coords
+        space in ("roi", "native")
+        and dims.ROI in coords
         and (np.asarray(scores[dims.ROI].values).astype(str) != dims.NO_ROI).any()
     ):
         return "regions"
