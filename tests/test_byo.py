@@ -64,24 +64,24 @@ def _write_all(root: Path):
     for s in ("01", "02"):
         shared = rng.standard_normal((n_tr, len(REGIONS)))
         np.savetxt(root / f"sub-{s}_rois.txt", shared + 0.5 * rng.standard_normal(shared.shape))
-        np.save(root / f"sub-{s}.npy", rng.standard_normal((n_rows, 7)).astype(np.float32))
-        with h5py.File(root / f"sub-{s}.h5", "w") as fh:
-            fh["betas"] = rng.standard_normal((n_rows, 6)).astype(np.float32)
-            fh["other"] = np.zeros(3)
-        vol = rng.standard_normal((3, 3, 2, n_rows)).astype(np.float32)
-        nib.save(nib.Nifti1Image(vol, np.eye(4)), root / f"sub-{s}_bold.nii.gz")
-        for h in ("lh", "rh"):
-            data = rng.standard_normal((9, 1, 1, n_rows)).astype(np.float32)
-            nib.save(nib.MGHImage(data, np.eye(4)), root / f"sub-{s}_{h}.mgh")
-        arrays = [
-            nib.gifti.GiftiDataArray(rng.standard_normal(8).astype(np.float32)) for _ in order
-        ]
-        nib.save(nib.GiftiImage(darrays=arrays), root / f"sub-{s}.func.gii")
+    s = "img"
+    np.save(root / f"sub-{s}.npy", rng.standard_normal((n_rows, 7)).astype(np.float32))
+    with h5py.File(root / f"sub-{s}.h5", "w") as fh:
+        fh["betas"] = rng.standard_normal((n_rows, 6)).astype(np.float32)
+        fh["other"] = np.zeros(3)
+    vol = rng.standard_normal((3, 3, 2, n_rows)).astype(np.float32)
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), root / f"sub-{s}_bold.nii.gz")
+    for h in ("lh", "rh"):
+        data = rng.standard_normal((9, 1, 1, n_rows)).astype(np.float32)
+        nib.save(nib.MGHImage(data, np.eye(4)), root / f"sub-{s}_{h}.mgh")
+    arrays = [nib.gifti.GiftiDataArray(rng.standard_normal(8).astype(np.float32)) for _ in order]
+    nib.save(nib.GiftiImage(darrays=arrays), root / f"sub-{s}.func.gii")
     mask = np.zeros((3, 3, 2), np.int8)
     mask[:2, :2, :] = 1
     nib.save(nib.Nifti1Image(mask, np.eye(4)), root / "mask.nii.gz")
     images = {"kind": "images", "stimuli": "byo/stimuli.tsv", "stimulus_order": "byo/order.txt"}
-    base = {"subjects": ["01"], "models": ["random-image"]}  # image ceilings need no 2nd subject
+    # one subject (image ceilings come from its repeats), not in the ROI study's report
+    base = {"subjects": ["img"], "models": ["random-image"]}
     return {
         "rois-text": {
             "kind": "narrative",
@@ -142,9 +142,9 @@ def test_every_format_end_to_end_through_snakemake(tmp_path):
         "stats": {"n_permutations": 20},
     }
     (tmp_path / "mine.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    prepared = [f"results/data/{d}/sub-{s}_responses.nc" for d in datasets for s in ("01",)]
-    # the ROI time courses go all the way to scores; every format is prepared
-    targets = [*prepared, "results/sub-01/rois-text/random-text/ridge/scores.nc"]
+    prepared = [f"results/data/{d}/sub-img_responses.nc" for d in datasets if d != "rois-text"]
+    # the ROI time courses go all the way to the report; every format is prepared
+    targets = [*prepared, "results/sub-01/report.html"]
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "MPLBACKEND": "Agg"}
     out = subprocess.run(
         [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
@@ -154,7 +154,9 @@ def test_every_format_end_to_end_through_snakemake(tmp_path):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     shapes = {}
     for d in datasets:
-        ds = read_netcdf(tmp_path / f"results/data/{d}/sub-01_responses.nc")
+        if d == "rois-text":
+            continue
+        ds = read_netcdf(tmp_path / f"results/data/{d}/sub-img_responses.nc")
         shapes[d] = dict(ds.sizes)
         if d != "rois-text":
             assert ds[dims.STIMULUS_ID].values[:2].tolist() == ["s0", "s1"]
@@ -171,6 +173,9 @@ def test_every_format_end_to_end_through_snakemake(tmp_path):
     assert text[dims.HEMI].values.tolist() == ["left", "right", "left", "right", "left"]
     scores = read_netcdf(tmp_path / "results/sub-01/rois-text/random-text/ridge/scores.nc")
     assert scores[dims.ROI].values.tolist() == REGIONS and scores.attrs["space"] == "roi"
+    html = (tmp_path / "results/sub-01/report.html").read_text()
+    assert "No brain maps" not in html and all(name in html for name in REGIONS)
+    assert html.count("data:image/png;base64,") >= 3  # profiles + per-region charts
     # the demo's datasets do not leak into a --configfile run
     assert not (tmp_path / "data" / "demo").exists()
 
