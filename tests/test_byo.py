@@ -221,3 +221,16 @@ def test_bad_inputs_are_named(tmp_path):
         fh["a"], fh["b"] = np.zeros((3, 2)), np.zeros((3, 2))
     with pytest.raises(InputError, match=r"two.h5: holds 2 datasets \['a', 'b'\]; name one"):
         byo.read_matrix(tmp_path / "two.h5", "h5")
+
+
+def test_example_config_replaces_the_demo_config(tmp_path):
+    (tmp_path / "config.yaml").write_text((REPO / "config.yaml").read_text())  # the demo's
+    out = subprocess.run(
+        [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+         "--configfile", str(REPO / "config" / "nsd.yaml"), "-n", "--cores", "1"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    text = " ".join((out.stdout + out.stderr).split())
+    assert out.returncode == 0, text[-3000:]
+    assert "prepare_responses 1" in text and "prepare_stimuli 1" in text
+    assert "demo_data" not in text and "demo-images" not in text  # nothing of the demo leaks

@@ -352,8 +352,9 @@ def read_responses(spec: dict, subject: str, name: str = "dataset") -> xr.Datase
     if space not in SPACES:
         raise InputError(f"{name}: space must be one of {SPACES}, got {space!r}")
     attrs = {"dataset": name, "subject": subject, "space": space, "format": fmt}
-    if spec.get("mesh"):
-        attrs["mesh"] = str(spec["mesh"])
+    for key in ("mesh", "anat"):  # for the pictures: a FreeSurfer folder, an anatomical image
+        if spec.get(key):
+            attrs[key] = str(spec[key])
     if kind == "narrative":
         if "tr" not in spec:
             raise InputError(f"{name}: a narrative dataset needs tr (seconds)")

@@ -269,6 +269,13 @@ def read_responses(spec: dict, subject: str, name: str = "nsd") -> xr.Dataset:
         "test_split": "shared1000 (split == 'test')",
         **voxels["attrs"],
     }
+    # pictures: NSD ships the fsaverage surfaces and each subject's T1 on the func1pt8mm grid
+    mesh = spec.get("mesh") or root / "nsddata/freesurfer/fsaverage"
+    if space == "fsaverage" and (Path(mesh) / "surf" / "lh.inflated").exists():
+        attrs["mesh"] = str(mesh)
+    anat = root / "nsddata/ppdata" / f"subj{number:02d}" / "func1pt8mm" / "T1_to_func1pt8mm.nii.gz"
+    if space == "func1pt8mm" and anat.exists():
+        attrs["anat"] = str(anat)
     ceiling = method = None
     if spec.get("ceiling") == "ncsnr_file":
         ceiling, method = _released_ceiling(betas, space, voxels["index"], sid), "NSD ncsnr file"
