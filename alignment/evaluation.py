@@ -33,13 +33,25 @@ from alignment.metrics import ceilings, correlation, stats
 log = logging.getLogger(__name__)
 
 CV_DEFAULTS = {"n_folds": 5, "inner_folds": 5, "gap_trs": 3, "train_on": "mean", "random_state": 0}
-STATS_DEFAULTS = {"n_permutations": 1000, "fdr_alpha": 0.05, "random_state": 0}
+STATS_DEFAULTS = {
+    "n_permutations": 1000,
+    "fdr_alpha": 0.05,
+    "random_state": 0,
+    "narrative_null": "circular",  # or "mirror", "block" (alignment.metrics.permutation_null)
+}
+NULL_NAMES = {
+    "circular": "circular shift",
+    "mirror": "reflected circular shift",
+    "block": "block permutation",
+}
 TIMESERIES_DEFAULTS = {
     "delays": [1, 2, 3, 4],
     "detrend": "savgol",
     "detrend_order": 2,
     "savgol_window_s": 120.0,
     "lanczos_window": 3,
+    # detrend the TR features exactly as the responses (per run, before the FIR delays)
+    "filter_features": True,
 }
 
 
@@ -136,7 +148,12 @@ def narrative_design(responses: xr.Dataset, cv: dict, ts: dict) -> Design:
 def narrative_features_matrix(
     layer: xr.DataArray, responses: xr.Dataset, ts: dict, features_source: str
 ) -> np.ndarray:
-    """Word features of one layer resampled to the responses' TRs, z-scored and FIR-delayed."""
+    """Word features of one layer resampled to the responses' TRs, filtered and FIR-delayed.
+
+    Per run, the resampled features go through the same detrending and z-scoring as the
+    responses (:func:`preprocess_timeseries` with the same ``ts``), then get their FIR delays.
+    ``ts["filter_features"] = False`` only z-scores them (the behaviour before the filter).
+    """
     ts = {**TIMESERIES_DEFAULTS, **ts}
     tr = float(responses.attrs["tr"])
     start = float(responses.attrs.get("first_volume_time", 0.0))
@@ -162,7 +179,14 @@ def narrative_features_matrix(
                 window=ts["lanczos_window"],
             )
         )
-    X = timeseries.zscore_runs(np.concatenate(parts), runs, allow_constant=True)
+    X = np.concatenate(parts)
+    if ts["filter_features"]:
+        # The same per-run filter as the responses (narrative_design): the encoder then sees
+        # features and responses in the same frequency band. It reads features only, never
+        # responses, so filtering whole runs cannot carry test responses into training.
+        X = preprocess_timeseries(X, runs, tr, ts)
+    else:
+        X = timeseries.zscore_runs(X, runs, allow_constant=True)
     return timeseries.fir_delays(X, ts["delays"], runs=runs)
 
 
@@ -287,7 +311,7 @@ def score_predictions(design: Design, pred: np.ndarray, stats_spec: dict) -> dic
             pred,
             n_permutations=stats_spec["n_permutations"],
             test_folds=test_folds,
-            kind="circular",
+            kind=stats_spec["narrative_null"],
             random_state=stats_spec["random_state"],
         )
     return {
@@ -431,7 +455,9 @@ def score_layers(
         "encoder_kind": kind.name,
         "n_permutations": stats_spec["n_permutations"],
         "fdr_alpha": stats_spec["fdr_alpha"],
-        "null_kind": "circular shift" if narrative else "permuted stimulus labels",
+        "null_kind": NULL_NAMES.get(stats_spec["narrative_null"], stats_spec["narrative_null"])
+        if narrative
+        else "permuted stimulus labels",
         "scoring": "within each test fold" if narrative else "pooled out-of-fold",
         "n_folds": str(cv.get("n_folds", CV_DEFAULTS["n_folds"])),
         "package_version": __version__,
