@@ -28,7 +28,7 @@ from alignment.data.responses import align_ids, average_repeats, row_dim
 from alignment.encoders import EncoderContext, encoder_kind, make_encoder
 from alignment.encoders.registry import check_features, select_layers
 from alignment.io import InputError
-from alignment.metrics import ceilings, correlation, stats
+from alignment.metrics import bootstrap_roi_means, ceilings, correlation, stats
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,8 @@ STATS_DEFAULTS = {
     "fdr_alpha": 0.05,
     "random_state": 0,
     "narrative_null": "circular",  # or "mirror", "block" (alignment.metrics.permutation_null)
+    "n_bootstrap": 500,  # ROI-mean confidence intervals (alignment.metrics.bootstrap_roi_means)
+    "ci_level": 0.95,
 }
 NULL_NAMES = {
     "circular": "circular shift",
@@ -323,6 +325,32 @@ def score_predictions(design: Design, pred: np.ndarray, stats_spec: dict) -> dic
     }
 
 
+def roi_intervals(design: Design, pred: np.ndarray, roi, stats_spec: dict) -> dict[str, np.ndarray]:
+    """Bootstrap interval of each ROI's mean r, repeated on the ROI's voxels (NaN elsewhere).
+
+    Images resample stimuli (pooled r over fold-centred rows); narratives resample blocks of
+    TRs within each test fold (per-fold r averaged), as :func:`score_predictions` scores them.
+    """
+    stats_spec = {**STATS_DEFAULTS, **stats_spec}
+    roi = np.asarray(roi).astype(str)
+    res = bootstrap_roi_means(
+        design.Y,
+        pred,
+        roi,
+        [test for _, test in design.folds],
+        kind="stimuli" if design.kind == "images" else "blocks",
+        n_bootstrap=stats_spec["n_bootstrap"],
+        level=stats_spec["ci_level"],
+        random_state=stats_spec["random_state"],
+    )
+    low = np.full(roi.size, np.nan)
+    high = np.full(roi.size, np.nan)
+    for name, lo, hi in zip(res.rois, res.low, res.high, strict=True):
+        mask = roi == name if name != "all" else np.ones(roi.size, bool)
+        low[mask], high[mask] = lo, hi
+    return {dims.R_ROI_CI_LOW: low, dims.R_ROI_CI_HIGH: high}
+
+
 def _layer_depth(name: str, layer: xr.DataArray, position: int, n_layers: int) -> float:
     """Relative depth of a layer (0 = input, 1 = last): as the features store it, if it does."""
     if "relative_depth" in layer.coords:
@@ -396,6 +424,11 @@ def score_layers(
     )
     out: dict[str, list] = {}
     interpretations = {}
+    roi_labels = (
+        responses[dims.ROI].values
+        if dims.ROI in responses.coords
+        else np.full(len(design.Y.T), "all")
+    )
     for name, layer in tqdm(layers.items(), desc="layers", unit="layer"):
         if narrative:
             X = narrative_features_matrix(layer, responses, timeseries_spec, features_source)
@@ -408,6 +441,8 @@ def score_layers(
         result = cross_validated_predictions(X, design, encoder_spec, cv, context)
         scores = score_predictions(design, result.predictions, stats_spec)
         scores[dims.Q] = stats.fdr_bh(scores[dims.P])
+        if stats_spec["n_bootstrap"]:
+            scores.update(roi_intervals(design, result.predictions, roi_labels, stats_spec))
         n_voxels = design.Y.shape[1]
         scores[dims.ALPHA] = (
             np.median(result.alphas, axis=0)
@@ -454,6 +489,8 @@ def score_layers(
         **(attrs or {}),
         "encoder_kind": kind.name,
         "n_permutations": stats_spec["n_permutations"],
+        "ci_level": stats_spec["ci_level"],
+        "n_bootstrap": stats_spec["n_bootstrap"],
         "fdr_alpha": stats_spec["fdr_alpha"],
         "null_kind": NULL_NAMES.get(stats_spec["narrative_null"], stats_spec["narrative_null"])
         if narrative

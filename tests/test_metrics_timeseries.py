@@ -76,6 +76,10 @@ def _mean_r(resp, layers, filter_features):
         stats_spec={"n_permutations": 20},
         timeseries_spec={"filter_features": filter_features},
     )
+    # every voxel carries its ROI's bootstrap interval, which brackets the ROI mean
+    low, high = scores[dims.R_ROI_CI_LOW].values, scores[dims.R_ROI_CI_HIGH].values
+    assert np.all(low <= scores[dims.R].mean("voxel").values[:, None] + 1e-6)
+    assert np.all(high >= scores[dims.R].mean("voxel").values[:, None] - 1e-6)
     return {name: float(scores[dims.R].sel(layer=name).mean()) for name in layers}
 
 

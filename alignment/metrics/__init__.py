@@ -1,5 +1,6 @@
 """Scores, noise ceilings and statistics shared by every encoder (DESIGN.md section 5)."""
 
+from alignment.metrics.bootstrap import ROIBootstrap, bootstrap_roi_means
 from alignment.metrics.ceilings import (
     NCSNRCeiling,
     NormalisedScores,
@@ -17,8 +18,10 @@ __all__ = [
     "NCSNRCeiling",
     "NormalisedScores",
     "PermutationResult",
+    "ROIBootstrap",
     "SplitHalfCeiling",
     "algonauts_score",
+    "bootstrap_roi_means",
     "fdr_bh",
     "foldwise",
     "isc_ceiling",
