@@ -164,3 +164,38 @@ def test_k92_animacy_model_beats_the_label_permutation_null(k92):
     # a low-level model does not come near
     v1 = np.mean([compare_rdms(k92["models"]["V1"], s) for s in k92["subjects"]])
     assert v1 < 0.1
+
+
+def test_rsa_scores_find_the_layer_that_shaped_an_roi():
+    import xarray as xr
+
+    from alignment import dims
+    from alignment.data.responses import make_responses
+    from alignment.metrics.rsa import rsa_scores
+
+    rng = np.random.default_rng(6)
+    n_img = 30
+    ids = np.array([f"s{i:02d}" for i in range(n_img)])
+    good = rng.standard_normal((n_img, 20))
+    other = rng.standard_normal((n_img, 20))
+    subjects = []
+    for _ in range(3):
+        w = rng.standard_normal((20, 40))
+        data = np.concatenate([good @ w, rng.standard_normal((n_img, 40))], axis=1)
+        data = np.tile(data, (2, 1)) + 2.0 * rng.standard_normal((2 * n_img, 80))
+        subjects.append(
+            make_responses(data, kind="images", stimulus_id=np.tile(ids, 2),
+                           repetition=np.repeat([0, 1], n_img), session=np.repeat([0, 1], n_img),
+                           roi=["A"] * 40 + ["B"] * 40)
+        )  # fmt: skip
+    layers = {
+        name: xr.DataArray(f, dims=(dims.STIMULUS, dims.UNIT),
+                           coords={dims.STIMULUS_ID: (dims.STIMULUS, ids)})
+        for name, f in {"good": good, "other": other}.items()
+    }  # fmt: skip
+    out = rsa_scores(subjects, 0, layers, n_permutations=99)
+    assert out["rdm_r"].sel(layer="good", roi_name="A") > 0.3
+    assert out["p"].sel(layer="good", roi_name="A") == pytest.approx(0.01)
+    assert abs(float(out["rdm_r"].sel(layer="other", roi_name="A"))) < 0.15
+    assert float(out["ceiling_lower"].sel(roi_name="A")) > 0.2
+    assert out["roi_rdm"].shape == (2, n_img, n_img)

@@ -277,3 +277,97 @@ def linear_cka(x, y) -> float:
         num = float(np.sum((y.T @ x) ** 2))
         den = float(np.sqrt(np.sum((x.T @ x) ** 2) * np.sum((y.T @ y) ** 2)))
     return num / den if den > 0 else float("nan")
+
+
+def rsa_scores(
+    responses: list,
+    index: int,
+    layers: dict,
+    method: str = "spearman",
+    n_permutations: int = 1000,
+    random_state=0,
+    attrs: dict | None = None,
+):
+    """RDM correlation of every layer with every ROI of one subject, with ceilings and nulls.
+
+    Parameters
+    ----------
+    responses : list of xarray.Dataset
+        Image Responses of every subject of the dataset (same stimuli); trials are z-scored
+        per session and averaged per stimulus.
+    index : int
+        The subject scored.
+    layers : dict of str to DataArray (stimulus, unit)
+        Features per layer, with ``stimulus_id``.
+    method : str
+        RDM comparison (:func:`compare_rdms`).
+    n_permutations : int
+        Stimulus-label permutations of the null.
+
+    Returns
+    -------
+    xarray.Dataset
+        Variables ``rdm_r`` and ``p`` (layer, roi_name), ``ceiling_lower`` and
+        ``ceiling_upper`` (roi_name), the subject's ROI RDMs ``roi_rdm`` (roi_name, stimulus_i,
+        stimulus_j) and the layers' ``layer_rdm`` (layer, stimulus_i, stimulus_j).
+    """
+    import xarray as xr
+
+    from alignment import dims, timeseries
+    from alignment.data.responses import average_repeats
+
+    def roi_patterns(ds):
+        sessions = ds[dims.SESSION].values if dims.SESSION in ds.coords else None
+        y = timeseries.zscore_runs(ds[dims.RESPONSES].values, sessions, allow_constant=True)
+        means, ids = average_repeats(y, ds[dims.STIMULUS_ID].values.astype(str))
+        rois = ds[dims.ROI].values.astype(str)
+        return means, np.asarray(ids), rois
+
+    _, ids, rois = roi_patterns(responses[index])
+    names = [r for r in dict.fromkeys(rois.tolist()) if r != dims.NO_ROI]
+    others = [roi_patterns(ds) for ds in responses]
+    roi_rdms = {}
+    ceilings = {}
+    for name in names:
+        group = []
+        for means, other_ids, other_rois in others:
+            order = {s: i for i, s in enumerate(other_ids)}
+            if set(order) != set(ids.tolist()):
+                raise ValueError("RSA needs every subject to have seen the same stimuli")
+            rows = [order[s] for s in ids]
+            group.append(rdm(means[rows][:, other_rois == name]))
+        roi_rdms[name] = group[index]
+        if len(group) >= 2:
+            c = rdm_noise_ceiling(np.stack(group), method)
+            ceilings[name] = (c.lower, c.upper)
+        else:
+            ceilings[name] = (np.nan, np.nan)
+    layer_rdms, r, p = {}, [], []
+    for lname, layer in layers.items():
+        position = {s: i for i, s in enumerate(layer[dims.STIMULUS_ID].values.astype(str))}
+        feats = np.asarray(layer.values, dtype=float)[[position[s] for s in ids]]
+        layer_rdms[lname] = rdm(feats)
+        row_r, row_p = [], []
+        for name in names:
+            obs, pv = rdm_permutation_test(
+                layer_rdms[lname], roi_rdms[name], method, n_permutations, random_state
+            )
+            row_r.append(obs)
+            row_p.append(pv)
+        r.append(row_r)
+        p.append(row_p)
+    return xr.Dataset(
+        {
+            "rdm_r": ((dims.LAYER, "roi_name"), np.array(r)),
+            "p": ((dims.LAYER, "roi_name"), np.array(p)),
+            "ceiling_lower": ("roi_name", np.array([ceilings[n][0] for n in names])),
+            "ceiling_upper": ("roi_name", np.array([ceilings[n][1] for n in names])),
+            "roi_rdm": (("roi_name", "stimulus_i", "stimulus_j"),
+                        np.stack([roi_rdms[n] for n in names])),
+            "layer_rdm": ((dims.LAYER, "stimulus_i", "stimulus_j"),
+                          np.stack(list(layer_rdms.values()))),
+        },
+        coords={dims.LAYER: list(layers), "roi_name": names, dims.STIMULUS_ID: ("stimulus_i", ids)},
+        attrs={**(attrs or {}), "method": method, "n_permutations": n_permutations,
+               "null_kind": "permuted stimulus labels", "distance": "correlation"},
+    )  # fmt: skip
