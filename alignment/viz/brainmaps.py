@@ -838,9 +838,10 @@ def plot_region_chart(
             palette[index[c]] if np.isfinite(c) else (0.85, 0.85, 0.85, 1) for _, c, _ in rows
         ]
         ax.barh(y, [1.0 if np.isfinite(c) else 0.0 for _, c, _ in rows], color=colours)
-        for yy, (_, c, _) in zip(y, rows, strict=True):
+        for yy, (_, c, _), colour in zip(y, rows, colours, strict=True):
             text = labels[index[c]] if np.isfinite(c) else "not significant"
-            ax.text(0.02, yy, text, va="center", fontsize=8)
+            dark = np.dot(colour[:3], (0.299, 0.587, 0.114)) < 0.5
+            ax.text(0.02, yy, text, va="center", fontsize=8, color="white" if dark else "black")
         ax.set_xticks([])
         ax.set_xlabel(colorbar_label, fontsize=8)
     else:
@@ -853,6 +854,10 @@ def plot_region_chart(
             y, np.nan_to_num(vals), color=[cm(norm(v)) if np.isfinite(v) else "0.85" for v in vals]
         )
         ax.axvline(0, color="0.3", lw=0.8)
+        for yy, v in zip(y, vals, strict=True):
+            if not np.isfinite(v):
+                ax.text(0.0, yy, " no value (not significant or no data)", va="center",
+                        fontsize=7, color="0.4")  # fmt: skip
         ax.set_xlabel(colorbar_label, fontsize=8)
         ax.tick_params(labelsize=7)
     ax.set_yticks(y)
