@@ -3,11 +3,14 @@ import json
 import shlex
 
 from alignment.config import check_config, config_hash
+from alignment.data.prepare import resolve_datasets, source_files
+from alignment.encoders import accepts
 
 check_config(config, workflow.source_path("../schemas/config.schema.yaml"))
 
 CONFIG_HASH = config_hash(config)
-DATASETS = config["datasets"]
+# entries with a `format` read prepared inputs under results/data/ (workflow/rules/datasets.smk)
+DATASETS = resolve_datasets(config["datasets"])
 # Snakemake itself exports OMP_NUM_THREADS, MKL_NUM_THREADS... = {threads} to every job.
 
 
@@ -20,6 +23,39 @@ def dataset_encoders(dataset):
     return DATASETS[dataset].get("encoders", list(config["encoders"]))
 
 
+def dataset_pairs(dataset):
+    """(model, encoder) pairs of a dataset: each encoder runs on the models whose features it
+    takes (pooled features feed ridge, patch tokens feed the routing encoder)."""
+    spec = DATASETS[dataset]
+    return [
+        (model, encoder)
+        for model in spec["models"]
+        for encoder in dataset_encoders(dataset)
+        if accepts(config["encoders"][encoder], config["models"][model], spec["kind"])
+    ]
+
+
+def encoder_inputs(wildcards):
+    """Extra files an encoder kind needs (none for ridge), by name."""
+    return {}
+
+
+def encoder_input_args(wildcards, input):
+    """--encoder-input NAME=PATH for each extra file of the encoder."""
+    return " ".join(
+        f"--encoder-input {shlex.quote(f'{name}={input[name]}')}"
+        for name in encoder_inputs(wildcards)
+    )
+
+
+def dataset_entry(wildcards):
+    """The user's dataset entry as one JSON argument (its own file pattern, not ours)."""
+    spec = dict(DATASETS[wildcards.dataset])
+    if "source_responses" in spec:
+        spec["responses"] = spec.pop("source_responses")
+    return as_arg(spec)
+
+
 def responses_path(dataset, subject):
     return DATASETS[dataset]["responses"].format(subject=subject)
 
@@ -29,8 +65,7 @@ def subject_scores(subject):
         f"results/sub-{subject}/{dataset}/{model}/{encoder}/scores.nc"
         for dataset, spec in DATASETS.items()
         if subject in spec["subjects"]
-        for model in spec["models"]
-        for encoder in dataset_encoders(dataset)
+        for model, encoder in dataset_pairs(dataset)
     ]
 
 
