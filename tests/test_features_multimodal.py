@@ -13,6 +13,16 @@ from alignment.io import InputError
 from alignment.stimuli.images import generate_images, load_images
 from alignment.stimuli.narrative import generate_story
 
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny models run fastest on one thread (and do not fight other jobs for the cores)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 TEXTS = [*generate_story(80, random_state=0), "Describe the image.", "What colour is it?"]
 
 

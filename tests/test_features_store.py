@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from alignment import dims
 from alignment.cli import main
@@ -19,6 +20,15 @@ from alignment.features import extract_features, extract_to_store, prepare
 from alignment.features.store import partial_path, write_store
 from alignment.io import InputError, read_zarr_attrs, read_zarr_layers
 from alignment.stimuli.images import generate_images
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny models run fastest on one thread (and do not fight other jobs for the cores)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def _images(folder, n, seed=5):

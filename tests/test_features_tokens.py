@@ -12,6 +12,15 @@ from alignment.io import read_zarr_attrs, read_zarr_layers, write_zarr_layers
 from alignment.stimuli.images import generate_images, load_images
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny models run fastest on one thread (and do not fight other jobs for the cores)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def image_table(tmp_path_factory):
     folder = tmp_path_factory.mktemp("token-images")
@@ -97,3 +106,18 @@ def test_tokens_drop_register_tokens(dinov2_registers, image_table):
     h = _forward(dinov2_registers, image_table, 1)
     assert h.shape[1] == 1 + 2 + 16
     np.testing.assert_allclose(layers["layer_01"].values, h[:, 3:], atol=1e-5)
+
+
+def test_device_side_preprocessing_equals_the_processor(tiny_vit, dinov2_registers, image_table):
+    from transformers import AutoImageProcessor
+
+    from alignment.features.vision import _normalise, _prepare, _prepare_uint8, fast_path
+
+    proc = AutoImageProcessor.from_pretrained(tiny_vit)
+    fast = fast_path(proc)
+    assert fast is not None and fast["size"] == (32, 32)
+    paths = list(image_table["path"])
+    got = _normalise(fast, _prepare_uint8(fast, paths), torch.device("cpu"), torch.float32)
+    np.testing.assert_allclose(got.numpy(), _prepare(proc, paths).numpy(), atol=1e-5)
+    # processors that crop (DINOv2's BitImageProcessor) keep the processor path
+    assert fast_path(AutoImageProcessor.from_pretrained(dinov2_registers)) is None

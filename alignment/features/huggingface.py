@@ -100,7 +100,7 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """``auto``: float32 on CPU, bfloat16 on GPU. Half precision on a CPU is refused."""
+    """``auto``: float32 on CPU, bfloat16 on GPU; else float32, bfloat16 or float16."""
     if dtype in (None, "auto"):
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if dtype not in _DTYPES:
