@@ -25,8 +25,8 @@ from tqdm.auto import tqdm
 
 from alignment import __version__, dims, folds, timeseries
 from alignment.data.responses import align_ids, average_repeats, row_dim
-from alignment.encoders import EncoderContext, encoder_kind, make_encoder
-from alignment.encoders.registry import check_features, select_layers
+from alignment.encoders import EncoderContext, encoder_kind
+from alignment.encoders.registry import check_features, fit_encoders, select_layers
 from alignment.io import InputError
 from alignment.metrics import ceilings, correlation, stats
 
@@ -198,20 +198,22 @@ def _fold_training_set(X: np.ndarray, design: Design, train: np.ndarray, cv: dic
     return X[train], design.Y[train], inner
 
 
-def cross_validated_predictions(
-    X: np.ndarray,
+def cross_validated_layers(
+    Xs: dict[str, np.ndarray],
     design: Design,
     encoder_spec: dict,
     cv: dict,
-    context: EncoderContext | None = None,
-) -> CVResult:
-    """Fit the encoder on every outer fold's training rows and predict its test rows.
+    contexts: dict[str, EncoderContext] | None = None,
+) -> dict[str, CVResult]:
+    """Fit the encoder of every layer on each outer fold's training rows; predict its test rows.
 
-    Every registered encoder kind goes through this one loop, on the same folds.
+    Every registered encoder kind goes through this one loop, on the same folds. Per outer fold
+    the layers are fitted together through :func:`alignment.encoders.registry.fit_encoders`
+    (one batched sweep for kinds that offer ``fit_layers``, one fit per layer otherwise).
 
     Parameters
     ----------
-    X : ndarray
+    Xs : dict of layer name to ndarray
         Features of every row of ``design.Y`` (pooled: (rows, units); tokens: (rows, tokens,
         units)).
     design : Design
@@ -219,40 +221,69 @@ def cross_validated_predictions(
         Config entry of the encoder (``kind`` plus parameters).
     cv : dict
         The ``cv`` config section.
-    context : EncoderContext, optional
-        Voxel labels, feature attributes and extra inputs; the loop fills in the inner folds,
-        the fold index, the experiment kind and the random state.
+    contexts : dict of layer name to EncoderContext, optional
+        Voxel labels, feature attributes and extra inputs per layer; the loop fills in the inner
+        folds, the fold index, the experiment kind and the random state.
 
     Returns
     -------
-    CVResult
+    dict of layer name to CVResult
     """
     cv = {**CV_DEFAULTS, **cv}
-    context = context or EncoderContext()
-    pred = np.zeros_like(design.Y)
-    alphas, interpretation = [], {}
+    names = list(Xs)
+    contexts = contexts or {}
+    pred = {name: np.zeros_like(design.Y) for name in names}
+    alphas: dict[str, list] = {name: [] for name in names}
+    interpretation: dict[str, dict] = {name: {} for name in names}
     for k, (train, test) in enumerate(design.folds):
-        X_train, Y_train, inner = _fold_training_set(X, design, train, cv)
-        fold_context = replace(
-            context,
-            inner_cv=inner,
-            fold=k,
-            experiment=design.kind,
-            random_state=cv["random_state"],
+        train_sets = [_fold_training_set(Xs[name], design, train, cv) for name in names]
+        Y_train, inner = train_sets[0][1], train_sets[0][2]
+        fold_contexts = [
+            replace(
+                contexts.get(name) or EncoderContext(),
+                inner_cv=inner,
+                fold=k,
+                experiment=design.kind,
+                random_state=cv["random_state"],
+            )
+            for name in names
+        ]
+        encoders = fit_encoders(encoder_spec, fold_contexts, [t[0] for t in train_sets], Y_train)
+        del train_sets
+        for name, encoder in zip(names, encoders, strict=True):
+            X_test = Xs[name][test]
+            pred[name][test] = encoder.predict(X_test)
+            if hasattr(encoder, "best_alphas_"):
+                alphas[name].append(np.asarray(encoder.best_alphas_, dtype=np.float64))
+            if hasattr(encoder, "interpret"):
+                for key, values in encoder.interpret(X_test).items():
+                    values = np.asarray(values)
+                    store = interpretation[name]
+                    if key not in store:
+                        store[key] = np.full(
+                            (len(design.Y), *values.shape[1:]), np.nan, dtype=np.float32
+                        )
+                    store[key][test] = values
+        del encoders
+    return {
+        name: CVResult(
+            pred[name], np.asarray(alphas[name]) if alphas[name] else None, interpretation[name]
         )
-        encoder = make_encoder(encoder_spec, fold_context).fit(X_train, Y_train)
-        pred[test] = encoder.predict(X[test])
-        if hasattr(encoder, "best_alphas_"):
-            alphas.append(np.asarray(encoder.best_alphas_, dtype=np.float64))
-        if hasattr(encoder, "interpret"):
-            for name, values in encoder.interpret(X[test]).items():
-                values = np.asarray(values)
-                if name not in interpretation:
-                    interpretation[name] = np.full(
-                        (len(design.Y), *values.shape[1:]), np.nan, dtype=np.float32
-                    )
-                interpretation[name][test] = values
-    return CVResult(pred, np.asarray(alphas) if alphas else None, interpretation)
+        for name in names
+    }
+
+
+def cross_validated_predictions(
+    X: np.ndarray,
+    design: Design,
+    encoder_spec: dict,
+    cv: dict,
+    context: EncoderContext | None = None,
+) -> CVResult:
+    """Out-of-fold predictions of one layer (:func:`cross_validated_layers` with one layer)."""
+    return cross_validated_layers({"layer": X}, design, encoder_spec, cv, {"layer": context})[
+        "layer"
+    ]
 
 
 def _centre_folds(values: np.ndarray, test_folds) -> np.ndarray:
@@ -306,6 +337,28 @@ def _layer_depth(name: str, layer: xr.DataArray, position: int, n_layers: int) -
     if "relative_depth" in layer.attrs:
         return float(layer.attrs["relative_depth"])
     return position / max(n_layers - 1, 1)
+
+
+def _layer_batch(encoder_spec: dict, n_layers: int) -> int:
+    """Layers the loop fits at once: the spec's generic ``layer_batch`` (default all)."""
+    value = encoder_spec.get("layer_batch", "all")
+    if value in (None, "all"):
+        return max(n_layers, 1)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InputError(f"encoder layer_batch must be 'all' or a positive integer, got {value!r}")
+    return value
+
+
+def _score_layer(design: Design, result: CVResult, stats_spec: dict) -> dict[str, np.ndarray]:
+    """Scores of one layer's out-of-fold predictions: r, R², p, q, null summary and alpha."""
+    scores = score_predictions(design, result.predictions, stats_spec)
+    scores[dims.Q] = stats.fdr_bh(scores[dims.P])
+    scores[dims.ALPHA] = (
+        np.median(result.alphas, axis=0)
+        if result.alphas is not None
+        else np.full(design.Y.shape[1], np.nan)
+    )
+    return scores
 
 
 def score_layers(
@@ -372,40 +425,47 @@ def score_layers(
     )
     out: dict[str, list] = {}
     interpretations = {}
-    for name, layer in tqdm(layers.items(), desc="layers", unit="layer"):
-        if narrative:
-            X = narrative_features_matrix(layer, responses, timeseries_spec, features_source)
-        else:
-            X = image_features_matrix(layer, row_ids, features_source, responses_source)
-        check_features(X, kind, features_source)
-        context = replace(
-            base_context, features={**base_context.features, **layer.attrs, "layer": name}
-        )
-        result = cross_validated_predictions(X, design, encoder_spec, cv, context)
-        scores = score_predictions(design, result.predictions, stats_spec)
-        scores[dims.Q] = stats.fdr_bh(scores[dims.P])
-        n_voxels = design.Y.shape[1]
-        scores[dims.ALPHA] = (
-            np.median(result.alphas, axis=0)
-            if result.alphas is not None
-            else np.full(n_voxels, np.nan)
-        )
-        for key, value in scores.items():
-            out.setdefault(key, []).append(np.asarray(value, dtype=np.float32))
-        if result.interpretation:
-            interpretations[name] = xr.Dataset(
-                {
-                    key: ((dims.STIMULUS, *[f"{key}_dim{i}" for i in range(1, v.ndim)]), v)
-                    for key, v in result.interpretation.items()
-                },
-                coords={dims.STIMULUS_ID: (dims.STIMULUS, row_ids)} if row_ids is not None else {},
+    names = list(layers)
+    group = _layer_batch(encoder_spec, len(names))
+    progress = tqdm(total=len(names), desc="layers", unit="layer")
+    for start in range(0, len(names), group):
+        batch = names[start : start + group]
+        Xs, contexts = {}, {}
+        for name in batch:
+            layer = layers[name]
+            if narrative:
+                X = narrative_features_matrix(layer, responses, timeseries_spec, features_source)
+            else:
+                X = image_features_matrix(layer, row_ids, features_source, responses_source)
+            check_features(X, kind, features_source)
+            Xs[name] = X
+            contexts[name] = replace(
+                base_context, features={**base_context.features, **layer.attrs, "layer": name}
             )
-        log.info(
-            "%s: median r %.3f, max r %.3f",
-            name,
-            np.nanmedian(scores[dims.R]),
-            np.nanmax(scores[dims.R]),
-        )
+        results = cross_validated_layers(Xs, design, encoder_spec, cv, contexts)
+        for name in batch:
+            result = results.pop(name)
+            scores = _score_layer(design, result, stats_spec)
+            for key, value in scores.items():
+                out.setdefault(key, []).append(np.asarray(value, dtype=np.float32))
+            if result.interpretation:
+                interpretations[name] = xr.Dataset(
+                    {
+                        key: ((dims.STIMULUS, *[f"{key}_dim{i}" for i in range(1, v.ndim)]), v)
+                        for key, v in result.interpretation.items()
+                    },
+                    coords=(
+                        {dims.STIMULUS_ID: (dims.STIMULUS, row_ids)} if row_ids is not None else {}
+                    ),
+                )
+            log.info(
+                "%s: median r %.3f, max r %.3f",
+                name,
+                np.nanmedian(scores[dims.R]),
+                np.nanmax(scores[dims.R]),
+            )
+            progress.update(1)
+    progress.close()
     layer_names = list(layers)
     voxel_coords = _voxel_coords(responses)
     ds = xr.Dataset(
