@@ -267,7 +267,9 @@ def cross_validated_layers(
         del encoders
     return {
         name: CVResult(
-            pred[name], np.asarray(alphas[name]) if alphas[name] else None, interpretation[name]
+            pred[name],
+            np.asarray(alphas[name]) if alphas[name] else None,
+            interpretation[name],
         )
         for name in names
     }
@@ -339,6 +341,112 @@ def _layer_depth(name: str, layer: xr.DataArray, position: int, n_layers: int) -
     return position / max(n_layers - 1, 1)
 
 
+REFIT_NULL_KIND = "refit with permuted stimulus labels"
+PERMUTE_NULL_KIND = "permuted stimulus labels"
+
+
+def _centred_r(Y: np.ndarray, pred: np.ndarray, test_folds) -> np.ndarray:
+    """Pooled r over rows after centring each test fold, for (..., rows, voxels) arrays."""
+    Yc, Pc = np.array(Y, dtype=np.float64), np.array(pred, dtype=np.float64)
+    for test in test_folds:
+        Yc[..., test, :] -= Yc[..., test, :].mean(-2, keepdims=True)
+        Pc[..., test, :] -= Pc[..., test, :].mean(-2, keepdims=True)
+    num = (Yc * Pc).sum(-2)
+    den = np.sqrt((Yc * Yc).sum(-2) * (Pc * Pc).sum(-2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / den, np.nan)
+
+
+def refit_null(
+    design: Design,
+    Xs: dict,
+    encoder_spec: dict,
+    cv: dict,
+    contexts: dict,
+    observed: dict,
+    n_permutations: int = 1000,
+    random_state=0,
+    batch_bytes: int = 2**28,
+) -> dict:
+    """Exact image null: the whole cross-validation refitted to permuted stimulus labels.
+
+    One permutation of the images is applied to the responses (images move between the
+    training and test sets of every fold, as they could under the null), and every fold's
+    encoder is refitted, its hyper-parameters (ridge: per-voxel alpha by inner CV) chosen
+    again; the pooled r after centring each test fold is computed as for the observed score.
+    The permuted copies of the responses go through the CV loop as extra voxels, so a kind
+    that batches voxels (the ridge sweep) fits many permutations at once. The same
+    permutations serve every voxel, whatever voxels are passed (voxel shards share them).
+
+    Parameters
+    ----------
+    design : Design
+        Image design with ``train_on="mean"``.
+    Xs : dict of layer name to ndarray
+        Features of the layers.
+    encoder_spec, cv : dict
+    contexts : dict of layer name to EncoderContext
+    observed : dict of layer name to CVResult
+        Observed out-of-fold predictions.
+    n_permutations : int
+    random_state : int
+    batch_bytes : int
+        Memory of one batch of permuted responses.
+
+    Returns
+    -------
+    dict of layer name to PermutationResult (kind ``"refit"``)
+    """
+    Y = design.Y
+    n, v = Y.shape
+    test_folds = [test for _, test in design.folds]
+    obs = {name: _centred_r(Y, observed[name].predictions, test_folds) for name in Xs}
+    rng = np.random.default_rng(random_state)
+    perms = np.stack([rng.permutation(n) for _ in range(n_permutations)])
+    null = {name: np.empty((n_permutations, v), dtype=np.float32) for name in Xs}
+    step = max(1, int(batch_bytes // (4 * n * max(v, 1) * max(len(Xs), 1))))
+    for start in tqdm(range(0, n_permutations, step), desc="refit null", unit="batch"):
+        batch = perms[start : start + step]
+        Yp = Y[batch]  # (b, n, v): permuted responses, as b * v extra voxels
+        b = len(batch)
+        stacked = replace(design, Y=Yp.transpose(1, 0, 2).reshape(n, b * v))
+        results = cross_validated_layers(Xs, stacked, encoder_spec, cv, contexts)
+        for name, result in results.items():
+            pred = result.predictions.reshape(n, b, v).transpose(1, 0, 2)
+            null[name][start : start + b] = _centred_r(Yp, pred, test_folds)
+    out = {}
+    for name in Xs:
+        exceed = (null[name] >= obs[name][None] - 1e-6).sum(0)
+        p = np.where(np.isnan(obs[name]), np.nan, (1.0 + exceed) / (1.0 + n_permutations))
+        out[name] = stats.PermutationResult(
+            obs[name],
+            p,
+            np.nanmean(null[name], 0),
+            np.nanpercentile(null[name], 95, axis=0),
+            n_permutations,
+            "refit",
+        )
+    return out
+
+
+def _null_kind(encoder_spec: dict, design: Design) -> str:
+    """The image null of an encoder spec (its generic ``null`` key): ``permute`` or ``refit``.
+
+    ``permute`` (default): stimulus labels permuted within each test fold, predictions kept
+    (cheap; valid but conservative at small alpha, and not uniform). ``refit``: the exact
+    null of :func:`refit_null` (every fold refitted per permutation: costs n_permutations
+    fits, batched as voxels). Narratives always use the circular shift.
+    """
+    wanted = encoder_spec.get("null", "permute")
+    if wanted not in ("refit", "permute"):
+        raise InputError(f"encoder null must be 'refit' or 'permute', got {wanted!r}")
+    if design.kind != "images":
+        return "permute"
+    if wanted == "refit" and design.Y_train is not None:
+        raise InputError("the refit null needs cv.train_on: mean (trials move with images)")
+    return wanted
+
+
 def _layer_batch(encoder_spec: dict, n_layers: int) -> int:
     """Layers the loop fits at once: the spec's generic ``layer_batch`` (default all)."""
     value = encoder_spec.get("layer_batch", "all")
@@ -349,9 +457,15 @@ def _layer_batch(encoder_spec: dict, n_layers: int) -> int:
     return value
 
 
-def _score_layer(design: Design, result: CVResult, stats_spec: dict) -> dict[str, np.ndarray]:
+def _score_layer(
+    design: Design, result: CVResult, stats_spec: dict, null=None
+) -> dict[str, np.ndarray]:
     """Scores of one layer's out-of-fold predictions: r, R², p, q, null summary and alpha."""
     scores = score_predictions(design, result.predictions, stats_spec)
+    if null is not None:  # the refit null replaces the within-fold permutation's
+        scores[dims.P] = null.p
+        scores[dims.R_NULL_MEAN] = null.null_mean
+        scores[dims.R_NULL_P95] = null.null_p95
     scores[dims.Q] = stats.fdr_bh(scores[dims.P])
     scores[dims.ALPHA] = (
         np.median(result.alphas, axis=0)
@@ -427,6 +541,7 @@ def score_layers(
     interpretations = {}
     names = list(layers)
     group = _layer_batch(encoder_spec, len(names))
+    null_kind = _null_kind(encoder_spec, design)
     progress = tqdm(total=len(names), desc="layers", unit="layer")
     for start in range(0, len(names), group):
         batch = names[start : start + group]
@@ -443,9 +558,21 @@ def score_layers(
                 base_context, features={**base_context.features, **layer.attrs, "layer": name}
             )
         results = cross_validated_layers(Xs, design, encoder_spec, cv, contexts)
+        nulls = {}
+        if null_kind == "refit":
+            nulls = refit_null(
+                design,
+                Xs,
+                encoder_spec,
+                cv,
+                contexts,
+                results,
+                n_permutations=stats_spec["n_permutations"],
+                random_state=stats_spec["random_state"],
+            )
         for name in batch:
             result = results.pop(name)
-            scores = _score_layer(design, result, stats_spec)
+            scores = _score_layer(design, result, stats_spec, nulls.get(name))
             for key, value in scores.items():
                 out.setdefault(key, []).append(np.asarray(value, dtype=np.float32))
             if result.interpretation:
@@ -491,7 +618,11 @@ def score_layers(
         "encoder_kind": kind.name,
         "n_permutations": stats_spec["n_permutations"],
         "fdr_alpha": stats_spec["fdr_alpha"],
-        "null_kind": "circular shift" if narrative else "permuted stimulus labels",
+        "null_kind": (
+            "circular shift"
+            if narrative
+            else (REFIT_NULL_KIND if null_kind == "refit" else PERMUTE_NULL_KIND)
+        ),
         "scoring": "within each test fold" if narrative else "pooled out-of-fold",
         "n_folds": str(cv.get("n_folds", CV_DEFAULTS["n_folds"])),
         "package_version": __version__,

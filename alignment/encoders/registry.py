@@ -27,8 +27,9 @@ from alignment.io import InputError
 
 INPUT_KINDS = ("pooled", "tokens")
 # keys every encoder spec may hold, read by the CV loop rather than by the estimator
-# (layer_batch: how many layers the loop fits at once, "all" by default)
-GENERIC_KEYS = ("kind", "layers", "layer_batch")
+# (layer_batch: how many layers the loop fits at once, "all" by default; null: the image null,
+# permute | refit)
+GENERIC_KEYS = ("kind", "layers", "layer_batch", "null")
 
 
 @dataclass
