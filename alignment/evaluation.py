@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from alignment import __version__, dims, folds, timeseries
 from alignment.data.responses import align_ids, average_repeats, row_dim
-from alignment.encoders import EncoderContext, encoder_kind
+from alignment.encoders import EncoderContext, encoder_kind, memory
 from alignment.encoders.registry import check_features, fit_encoders, select_layers
 from alignment.io import InputError
 from alignment.metrics import ceilings, correlation, stats
@@ -542,6 +542,21 @@ def score_layers(
     names = list(layers)
     group = _layer_batch(encoder_spec, len(names))
     null_kind = _null_kind(encoder_spec, design)
+    widest = max((int(np.prod(layers[n].shape[1:])) for n in names), default=0)
+    if narrative:
+        widest *= len(timeseries_spec.get("delays", TIMESERIES_DEFAULTS["delays"]))
+    memory.preflight(
+        memory.encode_peak_bytes(
+            n_rows=design.Y.shape[0],
+            n_trials=responses.sizes[row_dim(responses)],
+            n_voxels=design.Y.shape[1],
+            n_features=widest,
+            n_layers=min(group, len(names)),
+            n_permutations=stats_spec["n_permutations"],
+            refit_null=null_kind == "refit",
+        ),
+        responses_source,
+    )
     progress = tqdm(total=len(names), desc="layers", unit="layer")
     for start in range(0, len(names), group):
         batch = names[start : start + group]

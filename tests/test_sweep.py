@@ -222,3 +222,38 @@ def test_refit_image_null_is_uniform_and_controls_fdr():
     discoveries = q < 0.05
     assert discoveries[planted].mean() > 0.8
     assert (discoveries & ~planted).sum() / max(discoveries.sum(), 1) <= 0.1
+
+
+def test_preflight_fails_early_naming_the_setting_to_change(monkeypatch):
+    from alignment.encoders import memory
+    from alignment.evaluation import score_layers
+    from alignment.io import InputError
+
+    # whole-cortex NSD subject in one job: 30,000 trials x 327,684 vertices do not fit 64 GB
+    nsd = memory.encode_peak_bytes(
+        n_rows=10_000,
+        n_trials=30_000,
+        n_voxels=327_684,
+        n_features=768,
+        n_layers=12,
+        n_permutations=1000,
+    )
+    assert nsd > 64 * 2**30
+    with pytest.raises(InputError, match=r"mem_mb.*shards"):
+        memory.preflight(nsd, "nsd.nc", available=64 * 2**30)
+    # a 1/16 voxel shard fitting one layer at a time does
+    shard = memory.encode_peak_bytes(
+        n_rows=10_000,
+        n_trials=30_000,
+        n_voxels=327_684 // 16,
+        n_features=768,
+        n_layers=1,
+        n_permutations=1000,
+    )
+    memory.preflight(shard, "nsd.nc", available=64 * 2**30)
+    # the CV loop runs the check before fitting anything
+    F = np.random.default_rng(0).standard_normal((30, 4)).astype(np.float32)
+    resp, layers = _images({"f": F}, np.zeros((30, 6)))
+    monkeypatch.setattr(memory, "free_bytes", lambda device="cpu": 1000)
+    with pytest.raises(InputError, match="needs about"):
+        score_layers(resp, layers, encoder_spec={"kind": "ridge"}, cv={"n_folds": 3}, stats_spec={})

@@ -12,6 +12,8 @@ import os
 
 import torch
 
+from alignment.io import InputError
+
 FLOAT = 4  # bytes of a float32
 # the share of free memory a batch may take: the rest covers allocator slack and temporaries
 BATCH_SHARE = 0.5
@@ -90,3 +92,58 @@ def voxel_batch(
     available = free_bytes(device) if available is None else available
     per_voxel = sweep_bytes_per_voxel(n_samples, n_features, n_layers, n_alphas, rank)
     return max(1, int(available * share) // per_voxel)
+
+
+def encode_peak_bytes(
+    *,
+    n_rows: int,
+    n_trials: int,
+    n_voxels: int,
+    n_features: int,
+    n_layers: int,
+    n_permutations: int,
+    refit_null: bool = False,
+) -> int:
+    """Estimated peak host memory of an ``alignment encode`` job (one subject, one model).
+
+    Parameters
+    ----------
+    n_rows : int
+        Rows scored (images, or TRs).
+    n_trials : int
+        Rows of the responses file (trials with repeats).
+    n_voxels : int
+        Voxels fitted by the job (one shard's, when sharded).
+    n_features : int
+        Width of the widest layer (after FIR delays).
+    n_layers : int
+        Layers fitted at once (``layer_batch``).
+    n_permutations : int
+    refit_null : bool
+        The refit image null keeps a (permutations, voxels) null per layer and a batch of
+        permuted responses (256 MiB).
+
+    Returns
+    -------
+    int, bytes.
+    """
+    v = n_voxels
+    responses = 2 * n_trials * v * FLOAT  # loaded and z-scored
+    design = n_rows * v * FLOAT
+    per_layer = n_rows * n_features * FLOAT + n_rows * v * FLOAT + n_features * v * FLOAT
+    scoring = 4 * n_rows * v * 8 + n_permutations * 8  # centred float64 copies, one null row
+    null = n_layers * n_permutations * v * FLOAT + 2**28 if refit_null else 0
+    scores = 8 * n_layers * v * FLOAT
+    return int(responses + design + n_layers * per_layer + scoring + null + scores)
+
+
+def preflight(peak: int, source: str, available: int | None = None, margin: float = 0.9) -> None:
+    """Fail early (InputError naming what to change) when a job's peak exceeds free memory."""
+    available = free_bytes("cpu") if available is None else available
+    if peak > margin * available:
+        raise InputError(
+            f"{source}: this encode job needs about {peak / 2**30:.1f} GiB but "
+            f"{available / 2**30:.1f} GiB are available: raise mem_mb of the encode rule "
+            "(profiles/*/config.yaml), fit fewer layers at once (encoder layer_batch: 1) or "
+            "split the voxels over jobs (encoder shards: N)"
+        )
