@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import xarray as xr
@@ -27,7 +28,7 @@ from alignment import __version__, dims, folds, timeseries
 from alignment.data.responses import align_ids, average_repeats, row_dim
 from alignment.encoders import EncoderContext, encoder_kind, memory
 from alignment.encoders.registry import check_features, fit_encoders, select_layers
-from alignment.io import InputError
+from alignment.io import InputError, atomic_path
 from alignment.metrics import ceilings, correlation, stats
 
 log = logging.getLogger(__name__)
@@ -447,6 +448,67 @@ def _null_kind(encoder_spec: dict, design: Design) -> str:
     return wanted
 
 
+def shard_voxels(n_voxels: int, index: int, n_shards: int) -> np.ndarray:
+    """Voxel indices of shard ``index`` of ``n_shards`` (contiguous, nearly equal chunks)."""
+    if not (isinstance(n_shards, int) and n_shards >= 1 and 0 <= index < n_shards):
+        raise InputError(f"voxel shard must be i/N with 0 <= i < N, got {index}/{n_shards}")
+    if n_shards > n_voxels:
+        raise InputError(f"{n_shards} shards are more than the {n_voxels} voxels")
+    return np.array_split(np.arange(n_voxels), n_shards)[index]
+
+
+def merge_shards(shards: list[xr.Dataset]) -> xr.Dataset:
+    """Scores of an unsharded run from the Scores of its voxel shards (any order).
+
+    Voxels are concatenated in shard order and q (Benjamini-Hochberg) is recomputed over all
+    voxels of each layer; every per-voxel score is unchanged, since voxels are fitted
+    independently and the null's permutations do not depend on the voxels.
+    """
+    if not shards:
+        raise InputError("no shard Scores to merge")
+    keyed = []
+    for ds in shards:
+        tag = str(ds.attrs.get("voxel_shard", ""))
+        index, _, total = tag.partition("/")
+        if not total:
+            raise InputError("a Scores file to merge has no voxel_shard attribute")
+        keyed.append((int(index), int(total), ds))
+    keyed.sort(key=lambda item: item[0])
+    totals = {total for _, total, _ in keyed}
+    if totals != {len(keyed)} or [i for i, _, _ in keyed] != list(range(len(keyed))):
+        raise InputError(
+            f"shards {[f'{i}/{t}' for i, t, _ in keyed]} are not one complete set of shards"
+        )
+    merged = xr.concat([ds for _, _, ds in keyed], dim=dims.VOXEL, data_vars="minimal")
+    if dims.CEILING in merged and dims.LAYER in merged[dims.CEILING].dims:
+        merged[dims.CEILING] = merged[dims.CEILING].isel({dims.LAYER: 0}, drop=True)
+    merged[dims.Q] = (
+        merged[dims.P].dims,
+        np.stack([stats.fdr_bh(p) for p in merged[dims.P].values]).astype(np.float32),
+    )
+    merged.attrs = {k: v for k, v in keyed[0][2].attrs.items() if k != "voxel_shard"}
+    return merged
+
+
+def _checkpoint_file(folder, name: str) -> Path:
+    return Path(folder) / f"{name}.npz"
+
+
+def _load_checkpoints(folder, names) -> dict[str, dict]:
+    out = {}
+    for name in names:
+        path = _checkpoint_file(folder, name)
+        if path.exists():
+            with np.load(path) as data:
+                out[name] = {key: data[key] for key in data.files}
+    return out
+
+
+def _save_checkpoint(folder, name: str, scores: dict) -> None:
+    with atomic_path(_checkpoint_file(folder, name)) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **scores)
+
+
 def _layer_batch(encoder_spec: dict, n_layers: int) -> int:
     """Layers the loop fits at once: the spec's generic ``layer_batch`` (default all)."""
     value = encoder_spec.get("layer_batch", "all")
@@ -490,6 +552,8 @@ def score_layers(
     features_attrs: dict | None = None,
     encoder_inputs: dict | None = None,
     return_interpretation: bool = False,
+    voxel_shard: tuple[int, int] | None = None,
+    checkpoint_dir: str | None = None,
 ):
     """Fit and score an encoder for every layer of a model against one subject's responses.
 
@@ -516,6 +580,14 @@ def score_layers(
     return_interpretation : bool
         Also return what encoders with an ``interpret`` method report for the test rows
         (e.g. attention maps), one Dataset per layer.
+    voxel_shard : (index, n_shards), optional
+        Fit only the ``index``-th of ``n_shards`` contiguous voxel chunks
+        (:func:`shard_voxels`); :func:`merge_shards` joins the shards' Scores into those of an
+        unsharded run (FDR over all voxels after the merge).
+    checkpoint_dir : str, optional
+        Folder where each finished layer's scores are saved atomically and reused on a rerun
+        (the caller keys it by everything that changes the numbers); a killed job loses only
+        the layers in flight. Not used with ``return_interpretation``.
 
     Returns
     -------
@@ -525,6 +597,10 @@ def score_layers(
     stats_spec = {**STATS_DEFAULTS, **stats_spec}
     timeseries_spec = timeseries_spec or {}
     kind = encoder_kind(encoder_spec)
+    if voxel_shard is not None:
+        chunk = shard_voxels(responses.sizes[dims.VOXEL], *voxel_shard)
+        responses = responses.isel({dims.VOXEL: chunk})
+        ceiling = None if ceiling is None else np.asarray(ceiling)[chunk]
     layers = select_layers(encoder_spec, layers, features_source)
     narrative = row_dim(responses) == dims.TIME
     if narrative:
@@ -537,9 +613,14 @@ def score_layers(
         features=dict(features_attrs or {}),
         inputs=dict(encoder_inputs or {}),
     )
-    out: dict[str, list] = {}
     interpretations = {}
     names = list(layers)
+    saved = {}
+    if checkpoint_dir and not return_interpretation:
+        saved = _load_checkpoints(checkpoint_dir, names)
+        if saved:
+            log.info("reusing the checkpointed scores of %d layer(s): %s", len(saved), list(saved))
+    done: dict[str, dict] = dict(saved)
     group = _layer_batch(encoder_spec, len(names))
     null_kind = _null_kind(encoder_spec, design)
     widest = max((int(np.prod(layers[n].shape[1:])) for n in names), default=0)
@@ -557,9 +638,10 @@ def score_layers(
         ),
         responses_source,
     )
-    progress = tqdm(total=len(names), desc="layers", unit="layer")
-    for start in range(0, len(names), group):
-        batch = names[start : start + group]
+    todo = [name for name in names if name not in saved]
+    progress = tqdm(total=len(names), initial=len(saved), desc="layers", unit="layer")
+    for start in range(0, len(todo), group):
+        batch = todo[start : start + group]
         Xs, contexts = {}, {}
         for name in batch:
             layer = layers[name]
@@ -588,8 +670,10 @@ def score_layers(
         for name in batch:
             result = results.pop(name)
             scores = _score_layer(design, result, stats_spec, nulls.get(name))
-            for key, value in scores.items():
-                out.setdefault(key, []).append(np.asarray(value, dtype=np.float32))
+            scores = {k: np.asarray(v, dtype=np.float32) for k, v in scores.items()}
+            done[name] = scores
+            if checkpoint_dir and not return_interpretation:
+                _save_checkpoint(checkpoint_dir, name, scores)
             if result.interpretation:
                 interpretations[name] = xr.Dataset(
                     {
@@ -608,6 +692,10 @@ def score_layers(
             )
             progress.update(1)
     progress.close()
+    out: dict[str, list] = {}
+    for name in names:
+        for key, value in done[name].items():
+            out.setdefault(key, []).append(value)
     layer_names = list(layers)
     voxel_coords = _voxel_coords(responses)
     ds = xr.Dataset(
@@ -642,6 +730,8 @@ def score_layers(
         "n_folds": str(cv.get("n_folds", CV_DEFAULTS["n_folds"])),
         "package_version": __version__,
     }
+    if voxel_shard is not None:
+        ds.attrs["voxel_shard"] = f"{voxel_shard[0]}/{voxel_shard[1]}"
     return (ds, interpretations) if return_interpretation else ds
 
 

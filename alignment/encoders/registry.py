@@ -28,8 +28,8 @@ from alignment.io import InputError
 INPUT_KINDS = ("pooled", "tokens")
 # keys every encoder spec may hold, read by the CV loop rather than by the estimator
 # (layer_batch: how many layers the loop fits at once, "all" by default; null: the image null,
-# permute | refit)
-GENERIC_KEYS = ("kind", "layers", "layer_batch", "null")
+# permute | refit; shards: voxel shards, read by the workflow)
+GENERIC_KEYS = ("kind", "layers", "layer_batch", "null", "shards")
 
 
 @dataclass
