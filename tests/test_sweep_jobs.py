@@ -23,6 +23,17 @@ SPEC = {"kind": "ridge", "alphas": [0.1, 10.0, 1000.0], "null": "refit", "layer_
 VARS = [dims.R, dims.R2, dims.P, dims.Q, dims.ALPHA, dims.R_NULL_MEAN, dims.R_NULL_P95]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    # small tensors: on a loaded 2-core machine torch's spinning thread pool costs 30x
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
     """Responses and a 4-layer features store on disk, and the uninterrupted run's Scores."""
@@ -66,7 +77,7 @@ def _args(root, out, extra=()):
         "--cv",
         json.dumps({"n_folds": 4, "inner_folds": 3}),
         "--stats",
-        json.dumps({"n_permutations": 150}),
+        json.dumps({"n_permutations": 100}),
         "--out",
         str(out),
         *extra,
