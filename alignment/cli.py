@@ -124,9 +124,15 @@ def cmd_encode(args) -> None:
         if not sep or not key or not path:
             raise InputError(f"--encoder-input wants NAME=PATH, got {item!r}")
         encoder_inputs[key] = path
+    shard = _shard(args.shard)
+    checkpoints = None
+    if not args.no_checkpoint and not args.interpretation_out:
+        checkpoints = _checkpoint_folder(args, shard)
     result = score_layers(
         responses,
         layers,
+        voxel_shard=shard,
+        checkpoint_dir=checkpoints,
         encoder_spec=args.encoder_spec,
         cv=args.cv,
         stats_spec=args.stats,
@@ -155,6 +161,54 @@ def cmd_encode(args) -> None:
     else:
         scores = result
     write_netcdf(scores, args.out)
+    if checkpoints:
+        import shutil
+
+        shutil.rmtree(Path(checkpoints).parent, ignore_errors=True)
+
+
+def _shard(text: str | None):
+    """``i/N`` -> (i, N); None stays None."""
+    if not text:
+        return None
+    index, sep, total = text.partition("/")
+    if not sep or not index.isdigit() or not total.isdigit():
+        raise InputError(f"--shard wants i/N (e.g. 0/4), got {text!r}")
+    return int(index), int(total)
+
+
+def _checkpoint_folder(args, shard) -> str:
+    """Sidecar folder of per-layer checkpoints, keyed by everything that changes the numbers."""
+    import hashlib
+    import os
+
+    def stamp(path):
+        st = os.stat(path)
+        return [str(Path(path).resolve()), st.st_size, st.st_mtime_ns]
+
+    features = Path(args.features)
+    feature_files = sorted(p for p in features.rglob("*") if p.is_file())[:1000]
+    key = {
+        "responses": stamp(args.responses),
+        "features": [stamp(p) for p in feature_files] or stamp(features),
+        "encoder": args.encoder_spec,
+        "cv": args.cv,
+        "stats": args.stats,
+        "timeseries": args.timeseries,
+        "inputs": sorted(args.encoder_input),
+        "on_bad_voxels": args.on_bad_voxels,
+        "shard": shard,
+        "version": __version__,
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return str(Path(f"{args.out}.checkpoints") / digest)
+
+
+def cmd_merge_scores(args) -> None:
+    from alignment.evaluation import merge_shards
+    from alignment.io import read_netcdf, write_netcdf
+
+    write_netcdf(merge_shards([read_netcdf(path) for path in args.scores]), args.out)
 
 
 def cmd_rsa(args) -> None:
@@ -297,6 +351,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="netCDF for what the encoder reports per test stimulus (e.g. attention maps)",
     )
     p.add_argument("--on-bad-voxels", default="error", choices=["error", "drop"])
+    p.add_argument("--shard", help="fit only voxel shard i of N (i/N, 0-based)")
+    p.add_argument(
+        "--no-checkpoint",
+        action="store_true",
+        help="do not keep per-layer checkpoints in OUT.checkpoints/ (kept until OUT is written)",
+    )
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_encode)
 
@@ -308,6 +368,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stats", type=_json, default={})
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_rsa)
+
+    p = sub.add_parser("merge-scores", help="join the Scores of an encoder's voxel shards")
+    p.add_argument("--scores", nargs="+", required=True, help="the shards' Scores files")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_merge_scores)
 
     p = sub.add_parser("report", help="per-subject HTML report")
     p.add_argument("--subject", required=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import xarray as xr
@@ -25,9 +26,9 @@ from tqdm.auto import tqdm
 
 from alignment import __version__, dims, folds, timeseries
 from alignment.data.responses import align_ids, average_repeats, row_dim
-from alignment.encoders import EncoderContext, encoder_kind, make_encoder
-from alignment.encoders.registry import check_features, select_layers
-from alignment.io import InputError
+from alignment.encoders import EncoderContext, encoder_kind, memory
+from alignment.encoders.registry import check_features, fit_encoders, select_layers
+from alignment.io import InputError, atomic_path
 from alignment.metrics import bootstrap_roi_means, ceilings, correlation, stats
 
 log = logging.getLogger(__name__)
@@ -224,20 +225,22 @@ def _fold_training_set(X: np.ndarray, design: Design, train: np.ndarray, cv: dic
     return X[train], design.Y[train], inner
 
 
-def cross_validated_predictions(
-    X: np.ndarray,
+def cross_validated_layers(
+    Xs: dict[str, np.ndarray],
     design: Design,
     encoder_spec: dict,
     cv: dict,
-    context: EncoderContext | None = None,
-) -> CVResult:
-    """Fit the encoder on every outer fold's training rows and predict its test rows.
+    contexts: dict[str, EncoderContext] | None = None,
+) -> dict[str, CVResult]:
+    """Fit the encoder of every layer on each outer fold's training rows; predict its test rows.
 
-    Every registered encoder kind goes through this one loop, on the same folds.
+    Every registered encoder kind goes through this one loop, on the same folds. Per outer fold
+    the layers are fitted together through :func:`alignment.encoders.registry.fit_encoders`
+    (one batched sweep for kinds that offer ``fit_layers``, one fit per layer otherwise).
 
     Parameters
     ----------
-    X : ndarray
+    Xs : dict of layer name to ndarray
         Features of every row of ``design.Y`` (pooled: (rows, units); tokens: (rows, tokens,
         units)).
     design : Design
@@ -245,40 +248,71 @@ def cross_validated_predictions(
         Config entry of the encoder (``kind`` plus parameters).
     cv : dict
         The ``cv`` config section.
-    context : EncoderContext, optional
-        Voxel labels, feature attributes and extra inputs; the loop fills in the inner folds,
-        the fold index, the experiment kind and the random state.
+    contexts : dict of layer name to EncoderContext, optional
+        Voxel labels, feature attributes and extra inputs per layer; the loop fills in the inner
+        folds, the fold index, the experiment kind and the random state.
 
     Returns
     -------
-    CVResult
+    dict of layer name to CVResult
     """
     cv = {**CV_DEFAULTS, **cv}
-    context = context or EncoderContext()
-    pred = np.zeros_like(design.Y)
-    alphas, interpretation = [], {}
+    names = list(Xs)
+    contexts = contexts or {}
+    pred = {name: np.zeros_like(design.Y) for name in names}
+    alphas: dict[str, list] = {name: [] for name in names}
+    interpretation: dict[str, dict] = {name: {} for name in names}
     for k, (train, test) in enumerate(design.folds):
-        X_train, Y_train, inner = _fold_training_set(X, design, train, cv)
-        fold_context = replace(
-            context,
-            inner_cv=inner,
-            fold=k,
-            experiment=design.kind,
-            random_state=cv["random_state"],
+        train_sets = [_fold_training_set(Xs[name], design, train, cv) for name in names]
+        Y_train, inner = train_sets[0][1], train_sets[0][2]
+        fold_contexts = [
+            replace(
+                contexts.get(name) or EncoderContext(),
+                inner_cv=inner,
+                fold=k,
+                experiment=design.kind,
+                random_state=cv["random_state"],
+            )
+            for name in names
+        ]
+        encoders = fit_encoders(encoder_spec, fold_contexts, [t[0] for t in train_sets], Y_train)
+        del train_sets
+        for name, encoder in zip(names, encoders, strict=True):
+            X_test = Xs[name][test]
+            pred[name][test] = encoder.predict(X_test)
+            if hasattr(encoder, "best_alphas_"):
+                alphas[name].append(np.asarray(encoder.best_alphas_, dtype=np.float64))
+            if hasattr(encoder, "interpret"):
+                for key, values in encoder.interpret(X_test).items():
+                    values = np.asarray(values)
+                    store = interpretation[name]
+                    if key not in store:
+                        store[key] = np.full(
+                            (len(design.Y), *values.shape[1:]), np.nan, dtype=np.float32
+                        )
+                    store[key][test] = values
+        del encoders
+    return {
+        name: CVResult(
+            pred[name],
+            np.asarray(alphas[name]) if alphas[name] else None,
+            interpretation[name],
         )
-        encoder = make_encoder(encoder_spec, fold_context).fit(X_train, Y_train)
-        pred[test] = encoder.predict(X[test])
-        if hasattr(encoder, "best_alphas_"):
-            alphas.append(np.asarray(encoder.best_alphas_, dtype=np.float64))
-        if hasattr(encoder, "interpret"):
-            for name, values in encoder.interpret(X[test]).items():
-                values = np.asarray(values)
-                if name not in interpretation:
-                    interpretation[name] = np.full(
-                        (len(design.Y), *values.shape[1:]), np.nan, dtype=np.float32
-                    )
-                interpretation[name][test] = values
-    return CVResult(pred, np.asarray(alphas) if alphas else None, interpretation)
+        for name in names
+    }
+
+
+def cross_validated_predictions(
+    X: np.ndarray,
+    design: Design,
+    encoder_spec: dict,
+    cv: dict,
+    context: EncoderContext | None = None,
+) -> CVResult:
+    """Out-of-fold predictions of one layer (:func:`cross_validated_layers` with one layer)."""
+    return cross_validated_layers({"layer": X}, design, encoder_spec, cv, {"layer": context})[
+        "layer"
+    ]
 
 
 def _centre_folds(values: np.ndarray, test_folds) -> np.ndarray:
@@ -360,6 +394,204 @@ def _layer_depth(name: str, layer: xr.DataArray, position: int, n_layers: int) -
     return position / max(n_layers - 1, 1)
 
 
+REFIT_NULL_KIND = "refit with permuted stimulus labels"
+PERMUTE_NULL_KIND = "permuted stimulus labels"
+
+
+def _centred_r(Y: np.ndarray, pred: np.ndarray, test_folds) -> np.ndarray:
+    """Pooled r over rows after centring each test fold, for (..., rows, voxels) arrays."""
+    Yc, Pc = np.array(Y, dtype=np.float64), np.array(pred, dtype=np.float64)
+    for test in test_folds:
+        Yc[..., test, :] -= Yc[..., test, :].mean(-2, keepdims=True)
+        Pc[..., test, :] -= Pc[..., test, :].mean(-2, keepdims=True)
+    num = (Yc * Pc).sum(-2)
+    den = np.sqrt((Yc * Yc).sum(-2) * (Pc * Pc).sum(-2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / den, np.nan)
+
+
+def refit_null(
+    design: Design,
+    Xs: dict,
+    encoder_spec: dict,
+    cv: dict,
+    contexts: dict,
+    observed: dict,
+    n_permutations: int = 1000,
+    random_state=0,
+    batch_bytes: int = 2**28,
+) -> dict:
+    """Exact image null: the whole cross-validation refitted to permuted stimulus labels.
+
+    One permutation of the images is applied to the responses (images move between the
+    training and test sets of every fold, as they could under the null), and every fold's
+    encoder is refitted, its hyper-parameters (ridge: per-voxel alpha by inner CV) chosen
+    again; the pooled r after centring each test fold is computed as for the observed score.
+    The permuted copies of the responses go through the CV loop as extra voxels, so a kind
+    that batches voxels (the ridge sweep) fits many permutations at once. The same
+    permutations serve every voxel, whatever voxels are passed (voxel shards share them).
+
+    Parameters
+    ----------
+    design : Design
+        Image design with ``train_on="mean"``.
+    Xs : dict of layer name to ndarray
+        Features of the layers.
+    encoder_spec, cv : dict
+    contexts : dict of layer name to EncoderContext
+    observed : dict of layer name to CVResult
+        Observed out-of-fold predictions.
+    n_permutations : int
+    random_state : int
+    batch_bytes : int
+        Memory of one batch of permuted responses.
+
+    Returns
+    -------
+    dict of layer name to PermutationResult (kind ``"refit"``)
+    """
+    Y = design.Y
+    n, v = Y.shape
+    test_folds = [test for _, test in design.folds]
+    obs = {name: _centred_r(Y, observed[name].predictions, test_folds) for name in Xs}
+    rng = np.random.default_rng(random_state)
+    perms = np.stack([rng.permutation(n) for _ in range(n_permutations)])
+    null = {name: np.empty((n_permutations, v), dtype=np.float32) for name in Xs}
+    step = max(1, int(batch_bytes // (4 * n * max(v, 1) * max(len(Xs), 1))))
+    for start in tqdm(range(0, n_permutations, step), desc="refit null", unit="batch"):
+        batch = perms[start : start + step]
+        Yp = Y[batch]  # (b, n, v): permuted responses, as b * v extra voxels
+        b = len(batch)
+        stacked = replace(design, Y=Yp.transpose(1, 0, 2).reshape(n, b * v))
+        results = cross_validated_layers(Xs, stacked, encoder_spec, cv, contexts)
+        for name, result in results.items():
+            pred = result.predictions.reshape(n, b, v).transpose(1, 0, 2)
+            null[name][start : start + b] = _centred_r(Yp, pred, test_folds)
+    out = {}
+    for name in Xs:
+        exceed = (null[name] >= obs[name][None] - 1e-6).sum(0)
+        p = np.where(np.isnan(obs[name]), np.nan, (1.0 + exceed) / (1.0 + n_permutations))
+        out[name] = stats.PermutationResult(
+            obs[name],
+            p,
+            np.nanmean(null[name], 0),
+            np.nanpercentile(null[name], 95, axis=0),
+            n_permutations,
+            "refit",
+        )
+    return out
+
+
+def _null_kind(encoder_spec: dict, design: Design) -> str:
+    """The image null of an encoder spec (its generic ``null`` key): ``permute`` or ``refit``.
+
+    ``permute`` (default): stimulus labels permuted within each test fold, predictions kept
+    (cheap; valid but conservative at small alpha, and not uniform). ``refit``: the exact
+    null of :func:`refit_null` (every fold refitted per permutation: costs n_permutations
+    fits, batched as voxels). Narratives always use the circular shift.
+    """
+    wanted = encoder_spec.get("null", "permute")
+    if wanted not in ("refit", "permute"):
+        raise InputError(f"encoder null must be 'refit' or 'permute', got {wanted!r}")
+    if design.kind != "images":
+        return "permute"
+    if wanted == "refit" and design.Y_train is not None:
+        raise InputError("the refit null needs cv.train_on: mean (trials move with images)")
+    return wanted
+
+
+def shard_voxels(n_voxels: int, index: int, n_shards: int) -> np.ndarray:
+    """Voxel indices of shard ``index`` of ``n_shards`` (contiguous, nearly equal chunks)."""
+    if not (isinstance(n_shards, int) and n_shards >= 1 and 0 <= index < n_shards):
+        raise InputError(f"voxel shard must be i/N with 0 <= i < N, got {index}/{n_shards}")
+    if n_shards > n_voxels:
+        raise InputError(f"{n_shards} shards are more than the {n_voxels} voxels")
+    return np.array_split(np.arange(n_voxels), n_shards)[index]
+
+
+def merge_shards(shards: list[xr.Dataset]) -> xr.Dataset:
+    """Scores of an unsharded run from the Scores of its voxel shards (any order).
+
+    Voxels are concatenated in shard order and q (Benjamini-Hochberg) is recomputed over all
+    voxels of each layer; every per-voxel score is unchanged, since voxels are fitted
+    independently and the null's permutations do not depend on the voxels.
+    """
+    if not shards:
+        raise InputError("no shard Scores to merge")
+    keyed = []
+    for ds in shards:
+        tag = str(ds.attrs.get("voxel_shard", ""))
+        index, _, total = tag.partition("/")
+        if not total:
+            raise InputError("a Scores file to merge has no voxel_shard attribute")
+        keyed.append((int(index), int(total), ds))
+    keyed.sort(key=lambda item: item[0])
+    totals = {total for _, total, _ in keyed}
+    if totals != {len(keyed)} or [i for i, _, _ in keyed] != list(range(len(keyed))):
+        raise InputError(
+            f"shards {[f'{i}/{t}' for i, t, _ in keyed]} are not one complete set of shards"
+        )
+    merged = xr.concat([ds for _, _, ds in keyed], dim=dims.VOXEL, data_vars="minimal")
+    if dims.CEILING in merged and dims.LAYER in merged[dims.CEILING].dims:
+        merged[dims.CEILING] = merged[dims.CEILING].isel({dims.LAYER: 0}, drop=True)
+    merged[dims.Q] = (
+        merged[dims.P].dims,
+        np.stack([stats.fdr_bh(p) for p in merged[dims.P].values]).astype(np.float32),
+    )
+    merged.attrs = {k: v for k, v in keyed[0][2].attrs.items() if k != "voxel_shard"}
+    return merged
+
+
+def _checkpoint_file(folder, name: str) -> Path:
+    return Path(folder) / f"{name}.npz"
+
+
+def _load_checkpoints(folder, names) -> dict[str, dict]:
+    out = {}
+    for name in names:
+        path = _checkpoint_file(folder, name)
+        if path.exists():
+            with np.load(path) as data:
+                out[name] = {key: data[key] for key in data.files}
+    return out
+
+
+def _save_checkpoint(folder, name: str, scores: dict) -> None:
+    with atomic_path(_checkpoint_file(folder, name)) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **scores)
+
+
+def _layer_batch(encoder_spec: dict, n_layers: int) -> int:
+    """Layers the loop fits at once: the spec's generic ``layer_batch`` (default all)."""
+    value = encoder_spec.get("layer_batch", "all")
+    if value in (None, "all"):
+        return max(n_layers, 1)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InputError(f"encoder layer_batch must be 'all' or a positive integer, got {value!r}")
+    return value
+
+
+def _score_layer(
+    design: Design, result: CVResult, stats_spec: dict, null=None, roi_labels=None
+) -> dict[str, np.ndarray]:
+    """Scores of one layer's out-of-fold predictions: r, R², p, q, null summary, alpha and,
+    with ``roi_labels``, the bootstrap interval of each ROI's mean r."""
+    scores = score_predictions(design, result.predictions, stats_spec)
+    if null is not None:  # the refit null replaces the within-fold permutation's
+        scores[dims.P] = null.p
+        scores[dims.R_NULL_MEAN] = null.null_mean
+        scores[dims.R_NULL_P95] = null.null_p95
+    scores[dims.Q] = stats.fdr_bh(scores[dims.P])
+    if roi_labels is not None and stats_spec["n_bootstrap"]:
+        scores.update(roi_intervals(design, result.predictions, roi_labels, stats_spec))
+    scores[dims.ALPHA] = (
+        np.median(result.alphas, axis=0)
+        if result.alphas is not None
+        else np.full(design.Y.shape[1], np.nan)
+    )
+    return scores
+
+
 def score_layers(
     responses: xr.Dataset,
     layers: dict[str, xr.DataArray],
@@ -375,6 +607,8 @@ def score_layers(
     features_attrs: dict | None = None,
     encoder_inputs: dict | None = None,
     return_interpretation: bool = False,
+    voxel_shard: tuple[int, int] | None = None,
+    checkpoint_dir: str | None = None,
 ):
     """Fit and score an encoder for every layer of a model against one subject's responses.
 
@@ -401,6 +635,14 @@ def score_layers(
     return_interpretation : bool
         Also return what encoders with an ``interpret`` method report for the test rows
         (e.g. attention maps), one Dataset per layer.
+    voxel_shard : (index, n_shards), optional
+        Fit only the ``index``-th of ``n_shards`` contiguous voxel chunks
+        (:func:`shard_voxels`); :func:`merge_shards` joins the shards' Scores into those of an
+        unsharded run (FDR over all voxels after the merge).
+    checkpoint_dir : str, optional
+        Folder where each finished layer's scores are saved atomically and reused on a rerun
+        (the caller keys it by everything that changes the numbers); a killed job loses only
+        the layers in flight. Not used with ``return_interpretation``.
 
     Returns
     -------
@@ -410,6 +652,10 @@ def score_layers(
     stats_spec = {**STATS_DEFAULTS, **stats_spec}
     timeseries_spec = timeseries_spec or {}
     kind = encoder_kind(encoder_spec)
+    if voxel_shard is not None:
+        chunk = shard_voxels(responses.sizes[dims.VOXEL], *voxel_shard)
+        responses = responses.isel({dims.VOXEL: chunk})
+        ceiling = None if ceiling is None else np.asarray(ceiling)[chunk]
     layers = select_layers(encoder_spec, layers, features_source)
     narrative = row_dim(responses) == dims.TIME
     if narrative:
@@ -422,49 +668,97 @@ def score_layers(
         features=dict(features_attrs or {}),
         inputs=dict(encoder_inputs or {}),
     )
-    out: dict[str, list] = {}
     interpretations = {}
-    roi_labels = (
-        responses[dims.ROI].values
-        if dims.ROI in responses.coords
-        else np.full(len(design.Y.T), "all")
+    # a shard holds only part of each ROI, so ROI-mean intervals are left to unsharded runs
+    roi_labels = None
+    if voxel_shard is None or voxel_shard[1] == 1:
+        roi_labels = (
+            responses[dims.ROI].values
+            if dims.ROI in responses.coords
+            else np.full(design.Y.shape[1], "all")
+        )
+    names = list(layers)
+    saved = {}
+    if checkpoint_dir and not return_interpretation:
+        saved = _load_checkpoints(checkpoint_dir, names)
+        if saved:
+            log.info("reusing the checkpointed scores of %d layer(s): %s", len(saved), list(saved))
+    done: dict[str, dict] = dict(saved)
+    group = _layer_batch(encoder_spec, len(names))
+    null_kind = _null_kind(encoder_spec, design)
+    widest = max((int(np.prod(layers[n].shape[1:])) for n in names), default=0)
+    if narrative:
+        widest *= len(timeseries_spec.get("delays", TIMESERIES_DEFAULTS["delays"]))
+    memory.preflight(
+        memory.encode_peak_bytes(
+            n_rows=design.Y.shape[0],
+            n_trials=responses.sizes[row_dim(responses)],
+            n_voxels=design.Y.shape[1],
+            n_features=widest,
+            n_layers=min(group, len(names)),
+            n_permutations=stats_spec["n_permutations"],
+            refit_null=null_kind == "refit",
+        ),
+        responses_source,
     )
-    for name, layer in tqdm(layers.items(), desc="layers", unit="layer"):
-        if narrative:
-            X = narrative_features_matrix(layer, responses, timeseries_spec, features_source)
-        else:
-            X = image_features_matrix(layer, row_ids, features_source, responses_source)
-        check_features(X, kind, features_source)
-        context = replace(
-            base_context, features={**base_context.features, **layer.attrs, "layer": name}
-        )
-        result = cross_validated_predictions(X, design, encoder_spec, cv, context)
-        scores = score_predictions(design, result.predictions, stats_spec)
-        scores[dims.Q] = stats.fdr_bh(scores[dims.P])
-        if stats_spec["n_bootstrap"]:
-            scores.update(roi_intervals(design, result.predictions, roi_labels, stats_spec))
-        n_voxels = design.Y.shape[1]
-        scores[dims.ALPHA] = (
-            np.median(result.alphas, axis=0)
-            if result.alphas is not None
-            else np.full(n_voxels, np.nan)
-        )
-        for key, value in scores.items():
-            out.setdefault(key, []).append(np.asarray(value, dtype=np.float32))
-        if result.interpretation:
-            interpretations[name] = xr.Dataset(
-                {
-                    key: ((dims.STIMULUS, *[f"{key}_dim{i}" for i in range(1, v.ndim)]), v)
-                    for key, v in result.interpretation.items()
-                },
-                coords={dims.STIMULUS_ID: (dims.STIMULUS, row_ids)} if row_ids is not None else {},
+    todo = [name for name in names if name not in saved]
+    progress = tqdm(total=len(names), initial=len(saved), desc="layers", unit="layer")
+    for start in range(0, len(todo), group):
+        batch = todo[start : start + group]
+        Xs, contexts = {}, {}
+        for name in batch:
+            layer = layers[name]
+            if narrative:
+                X = narrative_features_matrix(layer, responses, timeseries_spec, features_source)
+            else:
+                X = image_features_matrix(layer, row_ids, features_source, responses_source)
+            check_features(X, kind, features_source)
+            Xs[name] = X
+            contexts[name] = replace(
+                base_context, features={**base_context.features, **layer.attrs, "layer": name}
             )
-        log.info(
-            "%s: median r %.3f, max r %.3f",
-            name,
-            np.nanmedian(scores[dims.R]),
-            np.nanmax(scores[dims.R]),
-        )
+        results = cross_validated_layers(Xs, design, encoder_spec, cv, contexts)
+        nulls = {}
+        if null_kind == "refit":
+            nulls = refit_null(
+                design,
+                Xs,
+                encoder_spec,
+                cv,
+                contexts,
+                results,
+                n_permutations=stats_spec["n_permutations"],
+                random_state=stats_spec["random_state"],
+            )
+        for name in batch:
+            result = results.pop(name)
+            scores = _score_layer(design, result, stats_spec, nulls.get(name), roi_labels)
+            scores = {k: np.asarray(v, dtype=np.float32) for k, v in scores.items()}
+            done[name] = scores
+            if checkpoint_dir and not return_interpretation:
+                _save_checkpoint(checkpoint_dir, name, scores)
+            if result.interpretation:
+                interpretations[name] = xr.Dataset(
+                    {
+                        key: ((dims.STIMULUS, *[f"{key}_dim{i}" for i in range(1, v.ndim)]), v)
+                        for key, v in result.interpretation.items()
+                    },
+                    coords=(
+                        {dims.STIMULUS_ID: (dims.STIMULUS, row_ids)} if row_ids is not None else {}
+                    ),
+                )
+            log.info(
+                "%s: median r %.3f, max r %.3f",
+                name,
+                np.nanmedian(scores[dims.R]),
+                np.nanmax(scores[dims.R]),
+            )
+            progress.update(1)
+    progress.close()
+    out: dict[str, list] = {}
+    for name in names:
+        for key, value in done[name].items():
+            out.setdefault(key, []).append(value)
     layer_names = list(layers)
     voxel_coords = _voxel_coords(responses)
     ds = xr.Dataset(
@@ -492,13 +786,17 @@ def score_layers(
         "ci_level": stats_spec["ci_level"],
         "n_bootstrap": stats_spec["n_bootstrap"],
         "fdr_alpha": stats_spec["fdr_alpha"],
-        "null_kind": NULL_NAMES.get(stats_spec["narrative_null"], stats_spec["narrative_null"])
-        if narrative
-        else "permuted stimulus labels",
+        "null_kind": (
+            NULL_NAMES.get(stats_spec["narrative_null"], stats_spec["narrative_null"])
+            if narrative
+            else (REFIT_NULL_KIND if null_kind == "refit" else PERMUTE_NULL_KIND)
+        ),
         "scoring": "within each test fold" if narrative else "pooled out-of-fold",
         "n_folds": str(cv.get("n_folds", CV_DEFAULTS["n_folds"])),
         "package_version": __version__,
     }
+    if voxel_shard is not None:
+        ds.attrs["voxel_shard"] = f"{voxel_shard[0]}/{voxel_shard[1]}"
     return (ds, interpretations) if return_interpretation else ds
 
 

@@ -11,7 +11,10 @@ features they take (``inputs``):
 
 Optional fitted attributes the loop reads when present: ``best_alphas_`` (per voxel, stored as
 the Scores' ``alpha``). Optional method: ``interpret(X)`` returning a dict of arrays whose first
-axis is the samples of ``X`` (e.g. attention maps), gathered over test folds.
+axis is the samples of ``X`` (e.g. attention maps), gathered over test folds. Optional class
+method: ``fit_layers(spec, contexts, Xs, Y)`` fitting one encoder per layer on the same
+responses and fold at once (e.g. ridge's batched layer sweep); :func:`fit_encoders` uses it when
+present and fits the layers one by one otherwise.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ from alignment.io import InputError
 
 INPUT_KINDS = ("pooled", "tokens")
 # keys every encoder spec may hold, read by the CV loop rather than by the estimator
-GENERIC_KEYS = ("kind", "layers")
+# (layer_batch: how many layers the loop fits at once, "all" by default; null: the image null,
+# permute | refit; shards: voxel shards, read by the workflow)
+GENERIC_KEYS = ("kind", "layers", "layer_batch", "null", "shards")
 
 
 @dataclass
@@ -107,6 +112,22 @@ def make_encoder(spec: dict, context: EncoderContext | None = None):
     kind = encoder_kind(spec)
     params = {k: v for k, v in spec.items() if k not in GENERIC_KEYS}
     return kind.estimator.from_spec(params, context or EncoderContext())
+
+
+def fit_encoders(spec: dict, contexts: list, Xs: list, Y) -> list:
+    """Fitted encoders of several layers on the same responses ``Y`` and fold.
+
+    Uses the kind's optional ``fit_layers(spec, contexts, Xs, Y)`` class method when it has one
+    (any kind may), else builds and fits one encoder per layer.
+    """
+    kind = encoder_kind(spec)
+    params = {k: v for k, v in spec.items() if k not in GENERIC_KEYS}
+    if hasattr(kind.estimator, "fit_layers"):
+        return kind.estimator.fit_layers(params, list(contexts), list(Xs), Y)
+    return [
+        kind.estimator.from_spec(params, context).fit(X, Y)
+        for context, X in zip(contexts, Xs, strict=True)
+    ]
 
 
 def select_layers(spec: dict, layers: dict, source: str = "features") -> dict:

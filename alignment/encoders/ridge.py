@@ -1,9 +1,13 @@
-"""Voxelwise ridge regression with a per-voxel alpha, through himalaya.
+"""Voxelwise ridge regression with a per-voxel alpha chosen by inner cross-validation.
 
-The estimator chooses the primal form (``himalaya.ridge.RidgeCV``) when there are fewer features
-than samples and the dual form (``himalaya.kernel_ridge.KernelRidgeCV``) otherwise, batches
-targets to bound memory, and runs on the backend named (``numpy`` on a CPU, ``torch_cuda`` on a
-GPU).
+By default the fast layer sweep (:mod:`alignment.encoders.sweep`, pure torch on the CPU or a
+GPU) solves it; it gives himalaya's ``RidgeCV`` solution. ``solver: himalaya`` runs himalaya
+itself: the primal form (``himalaya.ridge.RidgeCV``) when there are fewer features than samples
+and the dual form (``himalaya.kernel_ridge.KernelRidgeCV``) otherwise, on the backend named
+(``numpy`` on a CPU, ``torch_cuda`` on a GPU).
+
+:meth:`RidgeEncoder.fit_layers` fits several layers on the same responses and folds in one
+batched sweep; the CV loop uses it through the registry's generic ``fit_layers`` capability.
 """
 
 from __future__ import annotations
@@ -12,12 +16,14 @@ import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 
 from alignment.encoders.registry import EncoderContext, register_encoder
+from alignment.encoders.sweep import SweepFit, ridge_sweep
 
 DEFAULT_ALPHAS = np.logspace(-2, 7, 19)
 
 
 def available_backend(name: str = "auto") -> str:
-    """Resolve ``auto`` to ``torch_cuda`` when a CUDA device is present, else ``numpy``."""
+    """himalaya backend name; ``auto`` = ``torch_cuda`` when CUDA is present, else ``numpy``."""
+    name = {"cpu": "numpy", "cuda": "torch_cuda"}.get(name, name)
     if name != "auto":
         return name
     try:
@@ -63,11 +69,13 @@ class RidgeEncoder(RegressorMixin, BaseEstimator):
         Inner cross-validation over the training samples. Pass explicit folds (grouped for
         repeated images, blocked with a gap for time series); an int means contiguous KFold.
     backend : str
-        himalaya backend: ``numpy``, ``torch``, ``torch_cuda`` or ``auto``.
-    solver : {"auto", "primal", "dual"}
-        ``auto`` picks primal when n_features <= n_samples.
+        Device: ``auto`` (CUDA when present), ``numpy``/``cpu``, ``torch_cuda``/``cuda``
+        (himalaya backend names are accepted for both solvers).
+    solver : {"auto", "primal", "dual", "himalaya"}
+        The sweep in the primal or dual form (``auto``: primal when n_features <= n_samples),
+        or himalaya's RidgeCV / KernelRidgeCV (form chosen the same way).
     n_targets_batch : int, optional
-        Voxels solved at once (memory bound).
+        Voxels solved at once (default: from free memory).
 
     Attributes
     ----------
@@ -93,26 +101,85 @@ class RidgeEncoder(RegressorMixin, BaseEstimator):
             spec["alphas"] = np.asarray(spec["alphas"], dtype=float)
         return cls(cv=context.inner_cv or 5, **spec)
 
+    @classmethod
+    def fit_layers(cls, spec: dict, contexts: list, Xs: list, Y) -> list:
+        """Fit one encoder per layer on the same responses and folds, in one batched sweep.
+
+        The registry's optional capability (:func:`alignment.encoders.registry.fit_encoders`):
+        ``contexts[i]`` and ``Xs[i]`` belong to layer ``i``; returns the fitted encoders.
+        """
+        encoders = [cls.from_spec(spec, c) for c in contexts]
+        first = encoders[0]
+        if first.solver == "himalaya" or len(encoders) == 1:
+            return [e.fit(X, Y) for e, X in zip(encoders, Xs, strict=True)]
+        _, Y = _check_xy(Xs[0], Y)
+        fits = ridge_sweep(
+            [_check_xy(X) for X in Xs],
+            Y,
+            first._alphas(),
+            first._inner_cv(len(Y)),
+            device=first.backend,
+            solver=first.solver,
+            n_targets_batch=first.n_targets_batch,
+        )
+        for enc, fit in zip(encoders, fits, strict=True):
+            enc._set_sweep(fit)
+        return encoders
+
+    def _alphas(self):
+        alphas = np.asarray(self.alphas, dtype=float).ravel()
+        if alphas.size == 0 or (alphas <= 0).any():
+            raise ValueError(f"alphas must be positive numbers, got {alphas}")
+        return alphas
+
+    def _inner_cv(self, n):
+        if isinstance(self.cv, int | np.integer):
+            from sklearn.model_selection import KFold  # himalaya's reading of an int cv
+
+            return list(KFold(int(self.cv)).split(np.arange(n)))
+        return [(np.asarray(t), np.asarray(s)) for t, s in self.cv]
+
+    def _set_sweep(self, fit: SweepFit) -> None:
+        self.sweep_ = fit
+        self.mean_, self.scale_ = fit.mean, fit.scale
+        self.best_alphas_ = fit.best_alphas
+        self.cv_scores_ = fit.cv_scores
+        self.solver_ = fit.solver
+        self.n_features_in_ = len(fit.mean)
+
     def fit(self, X, Y):
         """Fit on (samples, features) and (samples, voxels); returns self."""
+        X, Y = _check_xy(X, Y)
+        if self.solver not in ("auto", "primal", "dual", "himalaya"):
+            raise ValueError(
+                f"solver must be 'auto', 'primal', 'dual' or 'himalaya', got {self.solver!r}"
+            )
+        if self.solver != "himalaya":
+            fit = ridge_sweep(
+                [X],
+                Y,
+                self._alphas(),
+                self._inner_cv(len(Y)),
+                device=self.backend,
+                solver=self.solver,
+                n_targets_batch=self.n_targets_batch,
+            )[0]
+            self._set_sweep(fit)
+            return self
+        return self._fit_himalaya(X, Y)
+
+    def _fit_himalaya(self, X, Y):
         from himalaya.backend import set_backend
         from himalaya.kernel_ridge import KernelRidgeCV
         from himalaya.ridge import RidgeCV
 
-        X, Y = _check_xy(X, Y)
-        if self.solver not in ("auto", "primal", "dual"):
-            raise ValueError(f"solver must be 'auto', 'primal' or 'dual', got {self.solver!r}")
         backend = set_backend(available_backend(self.backend), on_error="warn")
         self.mean_ = X.mean(0)
         scale = X.std(0)
         self.scale_ = np.where(scale > 0, scale, 1.0).astype(np.float32)
         Xs = (X - self.mean_) / self.scale_
         cv = self.cv if isinstance(self.cv, int) else list(self.cv)
-        self.solver_ = (
-            self.solver
-            if self.solver != "auto"
-            else ("primal" if X.shape[1] <= X.shape[0] else "dual")
-        )
+        self.solver_ = "primal" if X.shape[1] <= X.shape[0] else "dual"
         alphas = np.asarray(self.alphas, dtype=np.float32)
         params = {"n_targets_batch": self.n_targets_batch} if self.n_targets_batch else None
         if self.solver_ == "primal":
@@ -122,6 +189,7 @@ class RidgeEncoder(RegressorMixin, BaseEstimator):
                 alphas=alphas, kernel="linear", cv=cv, fit_intercept=True, solver_params=params
             )
         model.fit(backend.asarray(Xs), backend.asarray(Y))
+        self.sweep_ = None
         self.model_ = model
         self.backend_ = backend
         self.best_alphas_ = backend.to_numpy(model.best_alphas_)
@@ -135,5 +203,7 @@ class RidgeEncoder(RegressorMixin, BaseEstimator):
             raise ValueError(
                 f"X has {X.shape[1]} features; the encoder was fitted on {self.n_features_in_}"
             )
+        if self.sweep_ is not None:
+            return self.sweep_.predict(X)
         pred = self.model_.predict(self.backend_.asarray((X - self.mean_) / self.scale_))
         return np.asarray(self.backend_.to_numpy(pred), dtype=np.float32)

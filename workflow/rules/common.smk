@@ -56,6 +56,24 @@ def dataset_entry(wildcards):
     return as_arg(spec)
 
 
+def encoder_shards(encoder):
+    """Voxel shards of an encoder (its spec's ``shards``; 1 = one job per subject)."""
+    return int(config["encoders"][encoder].get("shards", 1))
+
+
+def shard_scores(wildcards):
+    """The voxel shards' Scores that merge into an encoder's scores.nc. An unsharded encoder
+    gets a path that nothing produces, so merge_shards cannot run and encode writes scores.nc."""
+    prefix = (
+        f"results/sub-{wildcards.subject}/{wildcards.dataset}/{wildcards.model}/"
+        f"{wildcards.encoder}"
+    )
+    n = encoder_shards(wildcards.encoder)
+    if n <= 1:
+        return [f"{prefix}/unsharded-encoder"]
+    return [f"{prefix}/shards/{i}-of-{n}.nc" for i in range(n)]
+
+
 def responses_path(dataset, subject):
     return DATASETS[dataset]["responses"].format(subject=subject)
 
@@ -86,3 +104,5 @@ wildcard_constraints:
     dataset="[^/]+",
     model="[^/]+",
     encoder="[^/]+",
+    shard="[0-9]+",
+    n_shards="[0-9]+",

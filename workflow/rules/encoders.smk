@@ -61,3 +61,61 @@ rule encode:
         " --cv {params.cv} --stats {params.stats} --timeseries {params.timeseries}"
         " --attrs {params.attrs} --on-bad-voxels {params.on_bad_voxels} {params.extra}"
         " --out {output} > {log} 2>&1"
+
+
+# Voxel shards (an encoder's `shards: N`): N jobs over voxel chunks, then one merge job that
+# joins them (FDR over all voxels). Unsharded encoders go through `encode` above.
+ruleorder: merge_shards > encode
+
+
+rule encode_shard:
+    input:
+        unpack(encoder_inputs),
+        responses=lambda wildcards: responses_path(wildcards.dataset, wildcards.subject),
+        features="results/features/{dataset}/{model}.zarr",
+        ceiling="results/sub-{subject}/{dataset}/ceiling.nc",
+    output:
+        temp("results/sub-{subject}/{dataset}/{model}/{encoder}/shards/{shard}-of-{n_shards}.nc"),
+    log:
+        "results/logs/encode/sub-{subject}_{dataset}_{model}_{encoder}_{shard}-of-{n_shards}.log",
+    benchmark:
+        "results/benchmarks/encode/sub-{subject}_{dataset}_{model}_{encoder}_{shard}-of-{n_shards}.tsv"
+    conda:
+        "../../environment.yml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    params:
+        encoder=lambda wildcards: as_arg(config["encoders"][wildcards.encoder]),
+        cv=lambda wildcards: as_arg(config.get("cv", {})),
+        stats=lambda wildcards: as_arg(config.get("stats", {})),
+        timeseries=lambda wildcards: as_arg(config.get("timeseries", {})),
+        attrs=lambda wildcards: as_arg({"config_hash": CONFIG_HASH}),
+        on_bad_voxels=lambda wildcards: DATASETS[wildcards.dataset].get("on_bad_voxels", "error"),
+        extra=encoder_input_args,
+    shell:
+        "alignment encode --responses {input.responses} --features {input.features}"
+        " --ceiling {input.ceiling} --encoder {wildcards.encoder} --encoder-spec {params.encoder}"
+        " --cv {params.cv} --stats {params.stats} --timeseries {params.timeseries}"
+        " --attrs {params.attrs} --on-bad-voxels {params.on_bad_voxels} {params.extra}"
+        " --shard {wildcards.shard}/{wildcards.n_shards} --out {output} > {log} 2>&1"
+
+
+rule merge_shards:
+    input:
+        shard_scores,
+    output:
+        "results/sub-{subject}/{dataset}/{model}/{encoder}/scores.nc",
+    log:
+        "results/logs/merge_shards/sub-{subject}_{dataset}_{model}_{encoder}.log",
+    benchmark:
+        "results/benchmarks/merge_shards/sub-{subject}_{dataset}_{model}_{encoder}.tsv"
+    conda:
+        "../../environment.yml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "alignment merge-scores --scores {input} --out {output} > {log} 2>&1"
