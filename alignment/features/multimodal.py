@@ -40,6 +40,12 @@ def attach_processor(loaded, spec: dict, *, name: str = "model") -> None:
 
     try:
         loaded.processor = AutoProcessor.from_pretrained(spec["source"], revision=spec["revision"])
+    except ImportError as err:  # Qwen2-VL, LLaVA-OneVision, SmolVLM: video processors
+        raise InputError(
+            f"model {name!r}: {spec['source']}: its processor needs a package that is not "
+            f"installed ({str(err).splitlines()[0]}); on a GPU machine install torchvision "
+            "matching your torch"
+        ) from err
     except (OSError, ValueError) as err:
         raise InputError(
             f"model {name!r}: {spec['source']}: cannot load the processor ({err})"
