@@ -5,6 +5,7 @@ config entry and the fold's :class:`EncoderContext`.
 """
 
 from alignment.encoders import ridge  # noqa: F401  (registers "ridge")
+from alignment.encoders import routing  # noqa: F401  (registers "routing")
 from alignment.encoders.registry import (
     ENCODERS,
     EncoderContext,
