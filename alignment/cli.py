@@ -37,23 +37,30 @@ def _read_stimuli(path: str):
 
     from alignment.stimuli.images import read_image_table
     from alignment.stimuli.narrative import read_word_table
+    from alignment.stimuli.sentences import read_sentence_table
 
     p = Path(path)
     if p.suffix.lower() == ".textgrid":
         return read_word_table(p)
     head = pd.read_csv(p, sep="\t" if p.suffix != ".csv" else ",", nrows=1)
-    return read_word_table(p) if "word" in head.columns else read_image_table(p)
+    if "word" in head.columns:
+        return read_word_table(p)
+    if "sentence" in head.columns:
+        return read_sentence_table(p)
+    return read_image_table(p)
 
 
 def cmd_features(args) -> None:
-    from alignment.features import extract_features
-    from alignment.io import write_zarr_layers
+    from alignment.features import extract_to_store
 
     stimuli = _read_stimuli(args.stimuli)
-    layers, attrs = extract_features(args.spec, stimuli, name=args.model)
-    attrs["stimuli"] = str(args.stimuli)
-    write_zarr_layers(layers, args.out, attrs)
-    log.info("wrote %d layers of %s to %s", len(layers), args.model, args.out)
+    spec = dict(args.spec)
+    if args.batch_size:
+        spec["batch_size"] = args.batch_size
+    attrs = extract_to_store(
+        spec, stimuli, args.out, name=args.model, extra_attrs={"stimuli": str(args.stimuli)}
+    )
+    log.info("wrote %d layers of %s to %s", len(attrs["layers"]), args.model, args.out)
 
 
 def cmd_ceiling(args) -> None:
@@ -204,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--stimuli", required=True, help="image table (stimulus_id, path) or word timings"
     )
     p.add_argument("--out", required=True, help="zarr store to write")
+    p.add_argument(
+        "--batch-size", type=int, help="stimuli per batch (speed only; overrides the spec)"
+    )
     p.set_defaults(func=cmd_features)
 
     p = sub.add_parser("ceiling", help="noise ceiling of one subject (repeats, or inter-subject)")

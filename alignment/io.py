@@ -133,22 +133,21 @@ def write_zarr_layers(
     with atomic_path(path) as tmp:
         for i, (name, arr) in enumerate(layers.items()):
             ds = arr.to_dataset(name="features")
-            ds.attrs = {**attrs, "layer": name, "layer_index": i}
-            chunks = {arr.dims[0]: min(arr.shape[0], 1024)}
-            ds = ds.chunk(chunks) if _has_dask() else ds
-            ds.to_zarr(tmp, group=name, mode="a", consolidated=False)
+            index = int(arr["layer_index"]) if "layer_index" in arr.coords else i
+            ds.attrs = {**attrs, "layer": name, "layer_index": index}
+            # chunked on the first dimension (whole rows of tokens and units per chunk)
+            encoding = {"features": {"chunks": (_chunk_rows(arr), *arr.shape[1:])}}
+            ds.to_zarr(tmp, group=name, mode="a", consolidated=False, encoding=encoding)
         import zarr
 
         root = zarr.open_group(str(tmp), mode="a")
         root.attrs.update({**attrs, "layers": list(layers)})
 
 
-def _has_dask() -> bool:
-    try:
-        import dask  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def _chunk_rows(arr: xr.DataArray, target_bytes: int = 16 * 2**20) -> int:
+    """Rows (stimuli) per chunk: at most 1024, and about ``target_bytes`` for token arrays."""
+    row_bytes = max(1, int(np.prod(arr.shape[1:])) * arr.dtype.itemsize)
+    return max(1, min(arr.shape[0], 1024, target_bytes // row_bytes))
 
 
 def read_zarr_layers(

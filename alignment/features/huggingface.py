@@ -1,8 +1,9 @@
-"""Generic Hugging Face adapter: every layer's hidden states for images, sentences and narratives.
+"""Loading Hugging Face models by local path or id: families, revisions, untrained controls.
 
 Models load by local path or Hugging Face id through the same ``from_pretrained`` call, so a test
 that saves a tiny model to a temporary folder exercises the code path real users take.
-Layer ``layer_00`` is the embedding output; ``layer_NN`` is the output of block NN.
+Layer ``layer_00`` is the embedding output; ``layer_NN`` is the output of block NN (for decoder
+LLMs the last one is after the final norm, as ``output_hidden_states`` gives it).
 """
 
 from __future__ import annotations
@@ -10,229 +11,300 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from alignment.features.spec import layer_name  # noqa: F401  (re-exported)
 from alignment.io import InputError
 
 log = logging.getLogger(__name__)
 
+# model_type -> family. Families: vision (ViT-like towers), encoder (BERT-like text encoders),
+# decoder (causal LLMs), mllm (image + text in, language-model hidden states out).
+FAMILIES = {
+    "vit": "vision",
+    "dinov2": "vision",
+    "dinov2_with_registers": "vision",
+    "clip": "vision",
+    "clip_vision_model": "vision",
+    "siglip": "vision",
+    "siglip_vision_model": "vision",
+    "bert": "encoder",
+    "roberta": "encoder",
+    "xlm-roberta": "encoder",
+    "distilbert": "encoder",
+    "mpnet": "encoder",
+    "gpt2": "decoder",
+    "llama": "decoder",
+    "qwen2": "decoder",
+    "qwen3": "decoder",
+    "mistral": "decoder",
+    "gemma": "decoder",
+    "gemma2": "decoder",
+    "gemma3_text": "decoder",
+    "llava": "mllm",
+    "llava_onevision": "mllm",
+    "qwen2_vl": "mllm",
+    "qwen2_5_vl": "mllm",
+    "idefics3": "mllm",
+    "smolvlm": "mllm",
+}
+# vision towers whose hidden_states[-1] is the last block's output (before the final norm); for
+# every other family it is the model's last_hidden_state (after the final norm, if any)
+_UNTIED_LAST = {"vision"}
 
-def layer_name(index: int) -> str:
-    """Canonical name of hidden state ``index`` (0 = embeddings)."""
-    return f"layer_{index:02d}"
+
+def supported_architectures() -> str:
+    """One line listing the supported model types by family."""
+    by_family: dict[str, list[str]] = {}
+    for model_type, fam in FAMILIES.items():
+        by_family.setdefault(fam, []).append(model_type)
+    return "; ".join(f"{fam}: {', '.join(types)}" for fam, types in by_family.items())
+
+
+@dataclass
+class Loaded:
+    """A model ready for extraction, and what it resolved to."""
+
+    source: str
+    model: torch.nn.Module  # the module whose forward is run
+    family: str
+    model_type: str
+    blocks: list  # the transformer blocks whose inputs/outputs are the hidden states
+    final: torch.nn.Module  # module whose output[0] is the last hidden state
+    final_is_block: bool
+    device: torch.device
+    dtype: torch.dtype
+    revision: str
+    untrained: bool
+    processor: object = None
+    tokenizer: object = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def n_hidden_states(self) -> int:
+        return len(self.blocks) + 1
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto``: CUDA when present, else CPU."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto``: float32 on CPU, bfloat16 on GPU. Half precision on a CPU is refused."""
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in _DTYPES:
+        raise InputError(f"dtype {dtype!r} is not supported; use auto, {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def _sampled_digest(f: Path, digest, full_below: int = 64 * 2**20, n_blocks: int = 16) -> None:
+    size = f.stat().st_size
+    digest.update(f"{f.name}:{size}".encode())
+    with f.open("rb") as fh:
+        if size <= full_below:
+            for block in iter(lambda: fh.read(2**20), b""):
+                digest.update(block)
+            return
+        # large weight files: evenly spaced 64 KiB blocks (any retraining changes them all)
+        for k in range(n_blocks):
+            fh.seek(k * (size - 2**16) // (n_blocks - 1))
+            digest.update(fh.read(2**16))
 
 
 def model_revision(source: str, model=None) -> str:
     """A revision string that changes when the weights change.
 
-    For a local folder: a hash of its config and of the names and sizes of its weight files
-    (cheap, unlike hashing gigabytes). For a hub model: the commit hash transformers resolved.
+    For a Hugging Face cache snapshot folder: its commit hash. For any other local folder: a
+    content hash (every file up to 64 MiB in full, larger weight files by size and 16 evenly
+    spaced 64 KiB blocks). For a hub id: the commit hash transformers resolved.
     """
     path = Path(source)
     if path.is_dir():
+        resolved = path.resolve()
+        if resolved.parent.name == "snapshots" and len(resolved.name) == 40:
+            return resolved.name
         digest = hashlib.sha256()
-        for f in sorted(path.iterdir()):
-            if f.name == "config.json":
-                digest.update(f.read_bytes())
-            elif f.suffix in (".safetensors", ".bin", ".pt"):
-                digest.update(f"{f.name}:{f.stat().st_size}".encode())
+        for f in sorted(p for p in resolved.rglob("*") if p.is_file()):
+            _sampled_digest(f, digest)
         return "local-" + digest.hexdigest()[:12]
     commit = getattr(getattr(model, "config", None), "_commit_hash", None)
     return commit or "unknown"
 
 
-def load_model(source: str, revision: str | None = None):
-    """Load a model (in eval mode) from a local folder or a Hugging Face id."""
-    from transformers import AutoModel
+def _load_config(source: str, revision: str | None, name: str):
+    from transformers import AutoConfig
 
+    local = Path(source).is_dir()
+    if not local and source.startswith((".", "/", "~")):
+        raise InputError(f"model {name!r}: {source}: cannot load the model: no such folder")
     try:
-        model = AutoModel.from_pretrained(source, revision=revision)
-    except OSError as err:
+        return AutoConfig.from_pretrained(source, revision=revision)
+    except (OSError, ValueError) as err:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        if offline and not local:
+            raise InputError(
+                f"model {name!r}: {source}: cannot load the model: it is not in the local Hugging "
+                "Face cache and HF_HUB_OFFLINE is set; download it first (e.g. `hf download "
+                f"{source}`) or pass a local folder"
+            ) from err
+        if "model_type" in str(err) or "Unrecognized model" in str(err):
+            raise InputError(
+                f"model {name!r}: {source}: unsupported architecture ({err}); supported: "
+                f"{supported_architectures()}"
+            ) from err
         raise InputError(
-            f"{source}: cannot load the model ({err}). Pass a local folder or a Hugging Face id "
-            "available offline (HF_HUB_OFFLINE=1 is set in tests)."
+            f"model {name!r}: {source}: cannot load the model ({err}). Pass a local folder or a "
+            "Hugging Face id available offline."
         ) from err
-    model.eval()
-    return model
 
 
-def _select(hidden_states, layers) -> dict[str, torch.Tensor]:
-    n = len(hidden_states)
-    indices = range(n) if layers in (None, "all") else list(layers)
-    bad = [i for i in indices if not -n <= i < n]
-    if bad:
+def _find_blocks(module: torch.nn.Module, n_blocks: int) -> list:
+    """The ModuleList of ``n_blocks`` transformer blocks (preferring the shallowest)."""
+    candidates = [
+        (name.count("."), name, m)
+        for name, m in module.named_modules()
+        if isinstance(m, torch.nn.ModuleList)
+        and len(m) == n_blocks
+        and name.split(".")[-1] in ("layer", "layers", "h", "blocks")
+    ]
+    if not candidates:
         raise InputError(
-            f"layer index {bad} out of range: the model has {n} hidden states (0..{n - 1})"
+            f"{type(module).__name__}: cannot find its {n_blocks} transformer blocks; supported: "
+            f"{supported_architectures()}"
         )
-    return {layer_name(i % n): hidden_states[i] for i in indices}
+    return list(min(candidates, key=lambda c: (c[0], c[1]))[2])
 
 
-def _n_special_tokens(model, n_tokens: int) -> int:
-    """Number of leading non-patch tokens (CLS, registers) in a ViT-like sequence."""
-    cfg = model.config
-    image_size = getattr(cfg, "image_size", None)
-    patch = getattr(cfg, "patch_size", None)
-    if isinstance(image_size, list | tuple):
-        image_size = image_size[0]
-    if isinstance(patch, list | tuple):
-        patch = patch[0]
-    if image_size and patch:
-        return max(0, n_tokens - (image_size // patch) ** 2)
-    return 1
+def _model_class(family: str, model_type: str):
+    import transformers as tf
+
+    if model_type in ("clip", "clip_vision_model"):
+        return tf.CLIPVisionModel
+    if model_type in ("siglip", "siglip_vision_model"):
+        return tf.SiglipVisionModel
+    if family == "mllm":
+        return tf.AutoModelForImageTextToText
+    return tf.AutoModel
 
 
-@torch.no_grad()
-def image_features(
+def load(
     source: str,
-    images,
     *,
-    pooling: str = "mean",
-    layers="all",
-    batch_size: int = 32,
     revision: str | None = None,
-) -> tuple[dict[str, np.ndarray], dict]:
-    """Layerwise features of images from a vision transformer.
+    untrained: bool = False,
+    seed: int = 0,
+    device: str = "auto",
+    dtype: str = "auto",
+    name: str = "model",
+    stream: str = "language",
+) -> Loaded:
+    """Load a supported model for extraction.
 
     Parameters
     ----------
     source : str
-        Local folder or Hugging Face id of a model with an image processor.
-    images : list of PIL.Image
-        RGB images.
-    pooling : {"mean", "cls"}
-        ``mean`` averages the patch tokens (special tokens excluded); ``cls`` takes token 0.
-    layers : "all" or list of int
-        Hidden-state indices (0 = embeddings).
-    batch_size : int
-        Images per forward pass.
+        Local folder or Hugging Face id (offline: it must be in the local cache).
     revision : str, optional
         Hub revision.
+    untrained : bool
+        Build the same architecture from its config with random weights (seeded by ``seed``):
+        the untrained control.
+    device, dtype : str
+        ``auto`` = CUDA when present, bfloat16 there and float32 on CPU.
+    name : str
+        The model's name in the config, for error messages.
+    stream : {"language", "vision"}
+        For multimodal LLMs: the language model's layers, or the vision tower's own layers.
 
-    Returns
-    -------
-    features : dict of layer name to (n_images, n_units) float32 arrays
-    info : dict
-        Provenance: source, revision, image_size, pooling, n_layers.
+    Raises
+    ------
+    InputError
+        Naming the model and the problem: not available offline, unsupported architecture
+        (listing the supported ones), unloadable weights.
     """
-    from transformers import AutoImageProcessor
-
-    if pooling not in ("mean", "cls"):
-        raise InputError(f"pooling {pooling!r} is not supported for images; use 'mean' or 'cls'")
-    model = load_model(source, revision)
-    processor = AutoImageProcessor.from_pretrained(source, revision=revision)
-    chunks: dict[str, list[np.ndarray]] = {}
-    for start in tqdm(range(0, len(images), batch_size), desc="image batches", unit="batch"):
-        inputs = processor(images=images[start : start + batch_size], return_tensors="pt")
-        out = model(**inputs, output_hidden_states=True)
-        for name, h in _select(out.hidden_states, layers).items():
-            if pooling == "cls":
-                pooled = h[:, 0]
-            else:
-                pooled = h[:, _n_special_tokens(model, h.shape[1]) :].mean(dim=1)
-            chunks.setdefault(name, []).append(pooled.float().numpy())
-    features = {name: np.concatenate(parts) for name, parts in chunks.items()}
-    size = inputs["pixel_values"].shape[-1]
-    info = {
-        "model_source": str(source),
-        "model_revision": model_revision(source, model),
-        "image_size": int(size),
-        "pooling": pooling,
-        "n_layers": len(features),
-        "model_class": type(model).__name__,
-    }
-    return features, info
-
-
-@torch.no_grad()
-def word_features(
-    source: str,
-    words: list[str],
-    runs: list[str],
-    *,
-    context_words: int = 50,
-    layers="all",
-    batch_size: int = 64,
-    revision: str | None = None,
-) -> tuple[dict[str, np.ndarray], dict]:
-    """Contextual features of every word of a narrative, from a text transformer.
-
-    Each word is encoded with up to ``context_words - 1`` preceding words of the same run (never
-    later words, so no feature sees the future), and its feature is the mean of its sub-word
-    tokens' hidden states.
-
-    Parameters
-    ----------
-    source : str
-        Local folder or Hugging Face id of a model with a fast tokenizer.
-    words, runs : list of str
-        The words in spoken order and the run (story) of each.
-    context_words : int
-        Words of context including the current one.
-    layers, batch_size, revision
-        As in :func:`image_features`.
-
-    Returns
-    -------
-    features : dict of layer name to (n_words, n_units) float32 arrays
-    info : dict
-        Provenance: source, revision, context_words, n_layers.
-    """
-    from transformers import AutoTokenizer
-
-    if len(words) != len(runs):
-        raise InputError(f"{len(words)} words but {len(runs)} run labels")
-    if context_words < 1:
-        raise InputError(f"context_words must be >= 1, got {context_words}")
-    model = load_model(source, revision)
-    tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
-    max_len = min(getattr(tokenizer, "model_max_length", 512) or 512, 512)
-    windows = []
-    for i in range(len(words)):
-        start = i
-        while start > 0 and i - start + 1 < context_words and runs[start - 1] == runs[i]:
-            start -= 1
-        windows.append(words[start : i + 1])
-    chunks: dict[str, list[np.ndarray]] = {}
-    for b in tqdm(range(0, len(windows), batch_size), desc="word batches", unit="batch"):
-        batch = windows[b : b + batch_size]
-        enc = tokenizer(
-            batch,
-            is_split_into_words=True,
-            return_tensors="pt",
-            padding=True,
-            truncation=True,
-            max_length=max_len,
+    config = _load_config(source, revision, name)
+    model_type = getattr(config, "model_type", "")
+    family = FAMILIES.get(model_type)
+    if family is None:
+        raise InputError(
+            f"model {name!r}: {source}: unsupported architecture {model_type!r}; supported: "
+            f"{supported_architectures()}"
         )
-        # the window is truncated from the right by the tokenizer; keep the current (last) word
-        # by checking it survived
-        out = model(**enc, output_hidden_states=True)
-        masks = []
-        for k, window in enumerate(batch):
-            ids = enc.word_ids(k)
-            mask = torch.tensor([w == len(window) - 1 for w in ids], dtype=torch.float32)
-            if mask.sum() == 0:
-                raise InputError(
-                    f"word {b + k} is past the model's {max_len}-token limit; lower context_words"
-                )
-            masks.append(mask / mask.sum())
-        weights = torch.stack(masks)  # (batch, tokens)
-        for name, h in _select(out.hidden_states, layers).items():
-            chunks.setdefault(name, []).append(
-                torch.einsum("bt,btu->bu", weights, h).float().numpy()
-            )
-    features = {name: np.concatenate(parts) for name, parts in chunks.items()}
-    info = {
-        "model_source": str(source),
-        "model_revision": model_revision(source, model),
-        "context_words": int(context_words),
-        "n_layers": len(features),
-        "model_class": type(model).__name__,
-    }
-    return features, info
+    cls = _model_class(family, model_type)
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    if family == "vision" and model_type in ("clip", "siglip"):
+        config = config.vision_config
+    try:
+        if untrained:
+            torch.manual_seed(int(seed))
+            model = cls.from_config(config) if hasattr(cls, "from_config") else cls(config)
+        else:
+            model = cls.from_pretrained(source, revision=revision)
+    except (OSError, ValueError) as err:
+        raise InputError(f"model {name!r}: {source}: cannot load the model ({err})") from err
+    model = model.to(device=dev, dtype=dt).eval()
+    revision_str = model_revision(source, model)
+    if untrained:
+        revision_str = f"{revision_str}+untrained-seed{int(seed)}"
+
+    extra: dict = {}
+    if family == "mllm":
+        base = getattr(model, "model", model)
+        lm = getattr(base, "language_model", None) or getattr(base, "text_model", None)
+        tower = (
+            getattr(base, "vision_tower", None)
+            or getattr(base, "visual", None)
+            or getattr(base, "vision_model", None)
+        )
+        extra.update(language_model=lm, vision_tower=tower, base=base)
+        if stream == "vision":
+            vcfg = config.vision_config
+            n = getattr(vcfg, "num_hidden_layers", None) or getattr(vcfg, "depth", None)
+            blocks = _find_blocks(tower, n)
+            final, final_is_block = blocks[-1], True
+        else:
+            tcfg = getattr(config, "text_config", config)
+            blocks = _find_blocks(lm, tcfg.num_hidden_layers)
+            final, final_is_block = lm, False
+    else:
+        cfg = model.config
+        n = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", None)
+        blocks = _find_blocks(model, n)
+        if family in _UNTIED_LAST:
+            final, final_is_block = blocks[-1], True
+        else:
+            final, final_is_block = model, False
+    return Loaded(
+        source=str(source),
+        model=model,
+        family=family,
+        model_type=model_type,
+        blocks=blocks,
+        final=final,
+        final_is_block=final_is_block,
+        device=dev,
+        dtype=dt,
+        revision=revision_str,
+        untrained=bool(untrained) or is_untrained(source),
+        extra=extra,
+    )
+
+
+def load_model(source: str, revision: str | None = None):
+    """Load a model (in eval mode) from a local folder or a Hugging Face id."""
+    return load(source, revision=revision).model
 
 
 def build_demo_vit(

@@ -1,0 +1,168 @@
+"""Small random-weight models built offline from configs (demo and tests).
+
+Nothing is downloaded: the tokenizer is a byte-pair model trained on the given texts, the
+weights are drawn from the config's initialiser with a fixed seed, and everything is saved with
+``save_pretrained`` so the pipeline loads it by path like any other model. The saved config
+records ``untrained: true``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+IMAGE_TOKEN = "<image>"
+
+
+def train_tokenizer(texts, vocab_size: int = 400, extra_special=()):
+    """A Llama-style (metaspace BPE, BOS prepended) fast tokenizer trained on ``texts``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    specials = ["<unk>", "<s>", "</s>", "<pad>", *extra_special]
+    tok.train_from_iterator(
+        list(texts), trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials)
+    )
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+    )
+    if extra_special:
+        fast.add_special_tokens({"additional_special_tokens": list(extra_special)})
+    return fast
+
+
+def _mark_untrained(path: Path) -> None:
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["untrained"] = True
+    (path / "config.json").write_text(json.dumps(cfg, indent=2))
+
+
+def _text_config(vocab_size, hidden_size, n_layers, init_range):
+    return dict(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=n_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        initializer_range=init_range,
+    )
+
+
+def build_tiny_decoder(
+    path, texts, *, hidden_size=64, n_layers=4, init_range=0.2, seed=0, vocab_size=400
+) -> Path:
+    """Save a small random Llama-architecture decoder LLM and its tokenizer to ``path``."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    path = Path(path)
+    tok = train_tokenizer(texts, vocab_size)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(
+        LlamaConfig(**_text_config(len(tok), hidden_size, n_layers, init_range))
+    )
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    _mark_untrained(path)
+    return path
+
+
+def build_tiny_llava(
+    path,
+    texts,
+    *,
+    image_size=64,
+    patch_size=8,
+    hidden_size=64,
+    n_layers=4,
+    vision_layers=2,
+    init_range=0.2,
+    seed=0,
+    vocab_size=400,
+) -> Path:
+    """Save a small random LLaVA (CLIP vision tower + Llama) with its processor to ``path``."""
+    import transformers as tf
+
+    path = Path(path)
+    tok = train_tokenizer(texts, vocab_size, extra_special=(IMAGE_TOKEN,))
+    vision = tf.CLIPVisionConfig(
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=vision_layers,
+        num_attention_heads=4,
+        image_size=image_size,
+        patch_size=patch_size,
+    )
+    text = tf.LlamaConfig(**_text_config(len(tok), hidden_size, n_layers, init_range))
+    config = tf.LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN),
+        vision_feature_layer=-1,
+    )
+    torch.manual_seed(seed)
+    tf.LlavaForConditionalGeneration(config).save_pretrained(path)
+    processor = tf.LlavaProcessor(
+        image_processor=tf.CLIPImageProcessor(
+            size={"shortest_edge": image_size},
+            crop_size={"height": image_size, "width": image_size},
+        ),
+        tokenizer=tok,
+        patch_size=patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+    )
+    processor.save_pretrained(path)
+    _mark_untrained(path)
+    return path
+
+
+def build_tiny_idefics3(
+    path, texts, *, image_size=32, patch_size=8, hidden_size=32, n_layers=2, seed=0
+) -> Path:
+    """Save a small random Idefics3 (SigLIP-style tower + Llama) with its processor."""
+    import transformers as tf
+
+    path = Path(path)
+    specials = (IMAGE_TOKEN, "<fake_token_around_image>", "<global-img>", "<end_of_utterance>")
+    tok = train_tokenizer(texts, 400, extra_special=specials)
+    vision = dict(
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=patch_size,
+    )
+    text = {"model_type": "llama", **_text_config(len(tok), hidden_size, n_layers, 0.02)}
+    config = tf.Idefics3Config(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN),
+        scale_factor=2,
+    )
+    torch.manual_seed(seed)
+    tf.Idefics3ForConditionalGeneration(config).save_pretrained(path)
+    ip = tf.Idefics3ImageProcessor(
+        size={"longest_edge": image_size},
+        max_image_size={"longest_edge": image_size},
+        do_image_splitting=False,
+    )
+    n_tokens = (image_size // patch_size) ** 2 // 4
+    tf.Idefics3Processor(image_processor=ip, tokenizer=tok, image_seq_len=n_tokens).save_pretrained(
+        path
+    )
+    return path

@@ -1,0 +1,99 @@
+"""Patch tokens: (stimulus, token, unit) with the grid recorded, CLS/registers dropped, chunked."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from alignment import dims
+from alignment.features import extract_features
+from alignment.io import read_zarr_attrs, read_zarr_layers, write_zarr_layers
+from alignment.stimuli.images import generate_images, load_images
+
+
+@pytest.fixture(scope="module")
+def image_table(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("token-images")
+    images, table = generate_images(6, image_size=32, random_state=3)
+    for img, sid in zip(images, table["stimulus_id"], strict=True):
+        img.save(folder / f"{sid}.png")
+    table["path"] = [str(folder / f"{sid}.png") for sid in table["stimulus_id"]]
+    return table
+
+
+@pytest.fixture(scope="module")
+def dinov2_registers(tmp_path_factory):
+    """A tiny DINOv2 with 2 register tokens (1 CLS + 2 registers before the patches)."""
+    from transformers import BitImageProcessor, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+
+    path = tmp_path_factory.mktemp("models") / "dinov2-reg"
+    config = Dinov2WithRegistersConfig(
+        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=2, intermediate_size=64, num_register_tokens=2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    Dinov2WithRegistersModel(config).save_pretrained(path)
+    BitImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, do_center_crop=True
+    ).save_pretrained(path)
+    return path
+
+
+def _forward(path, table, index):
+    from transformers import AutoImageProcessor, AutoModel
+
+    model = AutoModel.from_pretrained(path).eval()
+    inputs = AutoImageProcessor.from_pretrained(path)(
+        images=load_images(table["path"]), return_tensors="pt"
+    )
+    with torch.no_grad():
+        return model(**inputs, output_hidden_states=True).hidden_states[index].numpy()
+
+
+def test_tokens_keep_the_patch_grid_and_drop_cls(tiny_vit, image_table, tmp_path):
+    spec = {"source": str(tiny_vit), "modality": "image", "pooling": "tokens", "layers": [0, 2]}
+    layers, attrs = extract_features(spec, image_table, name="tiny")
+    arr = layers["layer_02"]
+    assert arr.dims == (dims.STIMULUS, dims.TOKEN, dims.UNIT)
+    assert arr.shape == (6, 16, 32) and arr.dtype == np.float32  # 32 px / 8 px patches = 4x4
+    assert arr.attrs["token_grid"] == [4, 4] and attrs["token_grid"] == [4, 4]
+    np.testing.assert_allclose(arr.values, _forward(tiny_vit, image_table, 2)[:, 1:], atol=1e-5)
+    # the mean over tokens is the `mean` pooling
+    mean, _ = extract_features({**spec, "pooling": "mean"}, image_table)
+    np.testing.assert_allclose(arr.values.mean(1), mean["layer_02"].values, atol=1e-5)
+
+    write_zarr_layers(layers, tmp_path / "tok.zarr", attrs)
+    back = read_zarr_layers(tmp_path / "tok.zarr")
+    assert list(back) == ["layer_00", "layer_02"]
+    got = back["layer_02"]
+    assert got.dims == (dims.STIMULUS, dims.TOKEN, dims.UNIT) and got.dtype == np.float32
+    assert list(got.attrs["token_grid"]) == [4, 4]
+    assert list(got[dims.STIMULUS_ID].values) == list(image_table["stimulus_id"])
+    np.testing.assert_array_equal(got.values, arr.values)
+    assert read_zarr_attrs(tmp_path / "tok.zarr")["pooling"] == "tokens"
+
+
+def test_tokens_in_float16_chunked_on_stimulus(tiny_vit, image_table, tmp_path):
+    import zarr
+
+    spec = {"source": str(tiny_vit), "modality": "image", "pooling": "tokens", "layers": [1]}
+    layers, attrs = extract_features({**spec, "float16": True}, image_table)
+    assert layers["layer_01"].dtype == np.float16 and attrs["dtype"] == "float16"
+    write_zarr_layers(layers, tmp_path / "half.zarr", attrs)
+    stored = zarr.open_group(str(tmp_path / "half.zarr"), mode="r")["layer_01/features"]
+    assert stored.dtype == np.float16
+    assert stored.chunks[1:] == (16, 32)  # whole stimuli per chunk
+    back = read_zarr_layers(tmp_path / "half.zarr")["layer_01"]
+    full, _ = extract_features(spec, image_table)
+    np.testing.assert_allclose(back.values, full["layer_01"].values, rtol=2e-3, atol=2e-3)
+
+
+def test_tokens_drop_register_tokens(dinov2_registers, image_table):
+    spec = {"source": str(dinov2_registers), "modality": "image", "pooling": "tokens"}
+    layers, attrs = extract_features(spec, image_table)
+    assert list(layers) == ["layer_00", "layer_01", "layer_02"]
+    assert attrs["token_grid"] == [4, 4]
+    h = _forward(dinov2_registers, image_table, 1)
+    assert h.shape[1] == 1 + 2 + 16
+    np.testing.assert_allclose(layers["layer_01"].values, h[:, 3:], atol=1e-5)
