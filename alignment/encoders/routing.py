@@ -209,6 +209,10 @@ def check_token_grid(n_tokens: int, token_grid=None, source: str = "features") -
                 "grid (drop CLS/register tokens, or store token_grid: [rows, columns])"
             )
         return side, side
+    if isinstance(token_grid, str):  # a store attribute written as JSON text
+        import json
+
+        token_grid = json.loads(token_grid)
     grid = tuple(int(g) for g in np.ravel(token_grid))
     if len(grid) != 2 or min(grid) < 1:
         raise InputError(f"{source}: token_grid must be [rows, columns], got {token_grid!r}")
