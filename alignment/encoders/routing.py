@@ -246,100 +246,15 @@ def _build_module(
     positional: bool,
 ):
     """The transformer brain encoder as a torch ``nn.Module`` (see the module docstring)."""
-    torch = _torch()
-    nn = torch.nn
-    F = torch.nn.functional
+    from alignment.encoders._routing_torch import TransformerBrainEncoder
 
-    class CrossAttention(nn.Module):
-        """Multi-head cross-attention with separate key and value inputs."""
-
-        def __init__(self, d: int, heads: int):
-            super().__init__()
-            if d % heads:
-                raise InputError(f"routing encoder: width {d} is not divisible by {heads} heads")
-            self.heads = heads
-            self.q = nn.Linear(d, d)
-            self.k = nn.Linear(d, d)
-            self.v = nn.Linear(d, d)
-            self.out = nn.Linear(d, d)
-
-        def forward(self, query, key, value, return_weights: bool = False):
-            b, nq, d = query.shape
-            nk = key.shape[1]
-            hd = d // self.heads
-            q = self.q(query).view(b, nq, self.heads, hd).transpose(1, 2)
-            k = self.k(key).view(b, nk, self.heads, hd).transpose(1, 2)
-            v = self.v(value).view(b, nk, self.heads, hd).transpose(1, 2)
-            if return_weights:
-                weights = torch.softmax((q @ k.transpose(-2, -1)) / math.sqrt(hd), dim=-1)
-                out = weights @ v
-                weights = weights.mean(1)  # average over heads: (b, nq, nk)
-            else:
-                out = F.scaled_dot_product_attention(q, k, v)
-                weights = None
-            return self.out(out.transpose(1, 2).reshape(b, nq, d)), weights
-
-    class TransformerBrainEncoder(nn.Module):
-        def __init__(self):
-            super().__init__()
-            d = width or width_in
-            self.width = d
-            self.layout = layout
-            self.proj = nn.Linear(width_in, d) if d != width_in else nn.Identity()
-            pos = sine_positional_encoding(grid, d) if positional else np.zeros((1, d))
-            self.register_buffer("pos", torch.as_tensor(pos, dtype=torch.float32))
-            self.register_buffer("token_mean", torch.zeros(width_in))
-            self.register_buffer("token_scale", torch.ones(width_in))
-            self.query = nn.Parameter(torch.randn(layout.n_queries, d))
-            self.norm_attn = nn.LayerNorm(d)
-            self.attn = CrossAttention(d, n_heads)
-            self.drop_attn = nn.Dropout(dropout)
-            self.norm_ffn = nn.LayerNorm(d)
-            self.ffn = nn.Sequential(
-                nn.Linear(d, ffn_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ffn_dim, d)
-            )
-            self.drop_ffn = nn.Dropout(dropout)
-            self.norm_out = nn.LayerNorm(d)
-            self.readout = nn.ParameterList()
-            self.readout_bias = nn.ParameterList()
-            bound = 1 / math.sqrt(d)
-            for h, cols in enumerate(layout.vertex_index):
-                self.readout.append(nn.Parameter(torch.empty(len(cols), d).uniform_(-bound, bound)))
-                self.readout_bias.append(nn.Parameter(torch.zeros(len(cols))))
-                if layout.membership is not None:
-                    self.register_buffer(
-                        f"member_{h}", torch.as_tensor(layout.membership[h], dtype=torch.float32)
-                    )
-            order = np.concatenate(layout.vertex_index)
-            self.register_buffer("inverse_order", torch.as_tensor(np.argsort(order)))
-
-        def decode(self, tokens, return_weights: bool = False):
-            """Query tokens (batch, queries, width) and, optionally, attention weights."""
-            mem = self.proj((tokens.float() - self.token_mean) / self.token_scale)
-            tgt = torch.zeros(mem.shape[0], self.query.shape[0], mem.shape[2], device=mem.device)
-            q = self.norm_attn(tgt) + self.query
-            attended, weights = self.attn(q, mem + self.pos, mem, return_weights)
-            tgt = tgt + self.drop_attn(attended)
-            tgt = tgt + self.drop_ffn(self.ffn(self.norm_ffn(tgt)))
-            return self.norm_out(tgt), weights
-
-        def forward(self, tokens, return_weights: bool = False):
-            z, weights = self.decode(tokens, return_weights)
-            parts = []
-            for h, qi in enumerate(self.layout.query_index):
-                zq = z[:, int(qi[0]) : int(qi[-1]) + 1]  # queries of a hemisphere are contiguous
-                w, c = self.readout[h], self.readout_bias[h]
-                if self.layout.membership is None:
-                    parts.append(torch.einsum("bvd,vd->bv", zq, w) + c)
-                else:
-                    member = getattr(self, f"member_{h}")
-                    # (b, q, v) then gated sum over queries: never a (v, v) tensor
-                    per_query = torch.einsum("bqd,vd->bqv", zq, w)
-                    parts.append(torch.einsum("bqv,qv->bv", per_query, member.to(zq.dtype)) + c)
-            out = torch.cat(parts, dim=1)[:, self.inverse_order]
-            return (out, weights) if return_weights else out
-
-    return TransformerBrainEncoder()
+    d = width or width_in
+    if d % n_heads:
+        raise InputError(f"routing encoder: width {d} is not divisible by {n_heads} heads")
+    pos = sine_positional_encoding(grid, d) if positional else np.zeros((1, d), np.float32)
+    return TransformerBrainEncoder(
+        width_in, layout, pos, width=d, n_heads=n_heads, ffn_dim=ffn_dim, dropout=dropout
+    )
 
 
 # --------------------------------------------------------------------------------------------
