@@ -300,3 +300,67 @@ def test_the_cv_loop_builds_it_from_the_registry_and_gathers_attention():
     values = att["attention_left_content"].values
     assert values.shape == (60, 4, 4) and np.isfinite(values).all()  # every image tested once
     np.testing.assert_allclose(values.sum((1, 2)), 1.0, atol=1e-4)
+
+
+def _scores(r_by_layer, roi, kind, model, source="vit", hemi=None):
+    r = np.asarray(r_by_layer, dtype=np.float32)
+    coords = {dims.LAYER: [f"layer_{i:02d}" for i in range(len(r))], dims.ROI: (dims.VOXEL, roi)}
+    if hemi is not None:
+        coords[dims.HEMI] = (dims.VOXEL, hemi)
+    return xr.Dataset(
+        {
+            dims.R: ((dims.LAYER, dims.VOXEL), r),
+            dims.Q: ((dims.LAYER, dims.VOXEL), np.full(r.shape, 0.01, np.float32)),
+            dims.R_NULL_P95: ((dims.LAYER, dims.VOXEL), np.full(r.shape, 0.1, np.float32)),
+            dims.R_NULL_MEAN: ((dims.LAYER, dims.VOXEL), np.zeros(r.shape, np.float32)),
+            dims.CEILING: (dims.VOXEL, np.full(r.shape[1], 0.25, np.float32)),
+        },
+        coords=coords,
+        attrs={
+            "dataset": "d",
+            "model": model,
+            "model_source": source,
+            "encoder": kind,
+            "encoder_kind": kind,
+            "subject": "01",
+            "space": "unknown",
+        },
+    )
+
+
+def test_gain_over_ridge_table_and_attention_overlay(tmp_path):
+    from PIL import Image
+
+    from alignment.report.gain import find_baseline, gain_table
+    from alignment.report.html import _attention_html, _gain_html
+
+    roi = np.array(["faces", "faces", "retinotopic", "none"])
+    ridge = _scores([[0.1, 0.1, 0.05, 0.0], [0.2, 0.2, 0.0, 0.0]], roi, "ridge", "vit")
+    routing = _scores([[0.4, 0.3, 0.35, 0.1]], roi, "routing", "vit-tokens")
+    control = _scores([[0.9, 0.9, 0.9, 0.9]], roi, "ridge", "random", source="random")
+    assert find_baseline(routing, [control, ridge, routing]) is ridge
+    assert find_baseline(ridge, [ridge, routing]) is None
+    table, gain = gain_table(routing, ridge)
+    faces = table.set_index("roi").loc["faces"]
+    assert faces["baseline_layer"] == "layer_01" and faces["layer"] == "layer_00"
+    assert faces["gain_r"] == pytest.approx(0.35 - 0.2)
+    assert faces["gain_r_over_ceiling"] == pytest.approx((0.35 - 0.2) / 0.5)
+    # per vertex at its ROI's best layer; "none" at each encoder's best layer overall
+    np.testing.assert_allclose(gain, [0.4 - 0.2, 0.3 - 0.2, 0.35 - 0.05, 0.1 - 0.0], atol=1e-6)
+    assert "Gain of vit-tokens · routing over vit · ridge" in _gain_html(routing, [ridge], 40)
+    # attention overlays: maps matched to the Scores, images read from the stimulus table
+    for i in range(3):
+        Image.new("RGB", (16, 16), (i * 80, 0, 0)).save(tmp_path / f"im{i}.png")
+    (tmp_path / "stimuli.tsv").write_text(
+        "stimulus_id\tpath\n" + "".join(f"im{i}\tim{i}.png\n" for i in range(3))
+    )
+    routing.attrs["stimuli"] = str(tmp_path / "stimuli.tsv")
+    maps = np.random.default_rng(0).dirichlet(np.ones(4), size=3).reshape(3, 2, 2)
+    att = xr.Dataset(
+        {f"attention_right_{r}": ((dims.STIMULUS, "row", "col"), maps) for r in ("faces", "rest")},
+        coords={dims.STIMULUS_ID: (dims.STIMULUS, ["im0", "im1", "im2"])},
+        attrs=dict(routing.attrs),
+    )
+    html = _attention_html(routing, [att], 40)
+    assert "Where the queries look" in html and "unavailable" not in html
+    assert _attention_html(ridge, [att], 40) == ""
