@@ -16,7 +16,14 @@ from alignment.report.tables import roi_table
 from alignment.viz.brainmaps import _sorted_by_layer, roi_groups
 from alignment.viz.profiles import _nanmean, _ratio_to_ceiling
 
-__all__ = ["GAIN_COLUMNS", "find_baseline", "gain_table", "roi_best_r"]
+__all__ = [
+    "GAIN_COLUMNS",
+    "find_baseline",
+    "gain_over_ceiling",
+    "gain_table",
+    "roi_best_r",
+    "significant_in_either",
+]
 
 GAIN_COLUMNS = (
     "roi",
@@ -53,10 +60,12 @@ def find_baseline(scores: xr.Dataset, candidates, kind: str = "ridge") -> xr.Dat
     return None
 
 
-def roi_best_r(scores: xr.Dataset) -> tuple[np.ndarray, dict[str, str]]:
-    """Per vertex, r at the best layer of its ROI; and the layer chosen per ROI."""
+def roi_best_r(scores: xr.Dataset, variable: str = dims.R) -> tuple[np.ndarray, dict[str, str]]:
+    """Per vertex, ``variable`` (r, or q...) at the best layer of its ROI (highest mean r);
+    and the layer chosen per ROI."""
     scores = _sorted_by_layer(scores)
     r = scores[dims.R].transpose(dims.LAYER, dims.VOXEL).values.astype(float)
+    values = scores[variable].transpose(dims.LAYER, dims.VOXEL).values.astype(float)
     names = [str(x) for x in scores[dims.LAYER].values]
     groups = roi_groups(scores)
     in_roi = np.zeros(r.shape[1], bool)
@@ -65,15 +74,22 @@ def roi_best_r(scores: xr.Dataset) -> tuple[np.ndarray, dict[str, str]]:
     for roi, mask in groups.items():
         means = _nanmean(r[:, mask], axis=1)
         b = int(np.nanargmax(means)) if np.isfinite(means).any() else 0
-        out[mask] = r[b, mask]
+        out[mask] = values[b, mask]
         chosen[roi] = names[b]
         in_roi |= mask
     if (~in_roi).any():
         means = _nanmean(r[:, in_roi], axis=1) if in_roi.any() else _nanmean(r, axis=1)
         b = int(np.nanargmax(means)) if np.isfinite(means).any() else 0
-        out[~in_roi] = r[b, ~in_roi]
+        out[~in_roi] = values[b, ~in_roi]
         chosen[dims.NO_ROI] = names[b]
     return out, chosen
+
+
+def significant_in_either(scores: xr.Dataset, baseline: xr.Dataset, alpha: float) -> np.ndarray:
+    """Vertices where either encoder is significant (q < alpha) at the layer the gain uses."""
+    q_enc, _ = roi_best_r(scores, dims.Q)
+    q_base, _ = roi_best_r(baseline, dims.Q)
+    return (q_enc < alpha) | (q_base < alpha)
 
 
 def gain_table(scores: xr.Dataset, baseline: xr.Dataset) -> tuple[pd.DataFrame, np.ndarray]:

@@ -552,7 +552,12 @@ def _plain(obj):
 
 def _gain_html(scores: xr.Dataset, others: list[xr.Dataset], dpi: int) -> str:
     """Map and ROI table of an encoder's gain over ridge on the same model's features."""
-    from alignment.report.gain import find_baseline, gain_over_ceiling, gain_table
+    from alignment.report.gain import (
+        find_baseline,
+        gain_over_ceiling,
+        gain_table,
+        significant_in_either,
+    )
 
     baseline = find_baseline(scores, others)
     if baseline is None:
@@ -590,6 +595,8 @@ def _gain_html(scores: xr.Dataset, others: list[xr.Dataset], dpi: int) -> str:
         ratio_gain = gain_over_ceiling(scores, baseline)
         values = ratio_gain if np.isfinite(ratio_gain).any() else gain
         label = "gain in r/√ceiling" if np.isfinite(ratio_gain).any() else "gain in r"
+        alpha = _fdr_alpha(scores, None)
+        values = np.where(significant_in_either(scores, baseline, alpha), values, np.nan)
         finite = values[np.isfinite(values)]
         top = float(np.percentile(np.abs(finite), 99)) if finite.size else 1.0
         fig = plot_brain_map(
@@ -602,8 +609,9 @@ def _gain_html(scores: xr.Dataset, others: list[xr.Dataset], dpi: int) -> str:
             colorbar_label=f"{label} (red: encoder better, blue: ridge better)",
         )
         caption = (
-            f"{label} per vertex (vertices with a positive ceiling), each encoder at the best "
-            "layer of the vertex's ROI."
+            f"{label} per vertex, each encoder at the best layer of the vertex's ROI; shown "
+            f"where either encoder is significant (FDR q < {alpha:g}) and the ceiling is "
+            "positive."
         )
         out.append(
             f"<figure>{_img(figure_to_base64_png(fig, dpi=dpi), caption)}"

@@ -83,7 +83,9 @@ def plot_attention_overlays(
                     ax.set_title("image", fontsize=9)
                 continue
             att = maps[names[j - 1]][i]
-            up = upsample_map(att / max(float(att.max()), 1e-12), size)
+            # one scale per query (column): a diffuse map looks dim next to a focused one
+            top = max(float(np.max(maps[names[j - 1]])), 1e-12)
+            up = upsample_map(att / top, size)
             ax.imshow(up, cmap="inferno", alpha=alpha, vmin=0, vmax=1, interpolation="nearest")
             if i == 0:
                 ax.set_title(names[j - 1], fontsize=9)
