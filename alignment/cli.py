@@ -116,6 +116,7 @@ def cmd_encode(args) -> None:
         "control": int(feat_attrs.get("control", 0)),
         "encoder": args.encoder,
         "ceiling_method": c.attrs.get("method", "") if args.ceiling else "",
+        "stimuli": str(feat_attrs.get("stimuli", "")),  # the report overlays attention on them
         **args.attrs,
     }
     encoder_inputs = {}
@@ -237,8 +238,15 @@ def cmd_report(args) -> None:
     scores = [read_netcdf(p) for p in args.scores]
     truth = read_json(args.truth) if args.truth else None
     config = args.config_json
+    attention = [read_netcdf(p) for p in args.attention]
     write_subject_report(
-        args.out, args.subject, scores, config=config, provenance=_provenance(), truth=truth
+        args.out,
+        args.subject,
+        scores,
+        config=config,
+        provenance=_provenance(),
+        truth=truth,
+        attention=attention,
     )
 
 
@@ -381,6 +389,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--config-json", type=_json, default={}, help="the run's config (JSON), shown as provenance"
     )
     p.add_argument("--truth", help="planted truth (demo)")
+    p.add_argument(
+        "--attention",
+        nargs="*",
+        default=[],
+        help="attention.nc of routing encoders (attention maps overlaid on example images)",
+    )
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_report)
 

@@ -547,6 +547,152 @@ def _plain(obj):
 
 
 # --------------------------------------------------------------------------------------------
+# gain over ridge, attention overlays (encoders beyond ridge)
+
+
+def _gain_html(scores: xr.Dataset, others: list[xr.Dataset], dpi: int) -> str:
+    """Map and ROI table of an encoder's gain over ridge on the same model's features."""
+    from alignment.report.gain import (
+        find_baseline,
+        gain_over_ceiling,
+        gain_table,
+        significant_in_either,
+    )
+
+    baseline = find_baseline(scores, others)
+    if baseline is None:
+        return ""
+    a, b = scores.attrs, baseline.attrs
+    name = f"{a.get('model', '?')} · {a.get('encoder', '?')}"
+    base_name = f"{b.get('model', '?')} · {b.get('encoder', '?')}"
+    table, gain = gain_table(scores, baseline)
+    out = [f'<div class="model"><h3>Gain of {_e(name)} over {_e(base_name)}</h3>']
+    heads = ["ROI", "vertices", "layer", "ridge layer", "r", "ridge r", "r/√ceiling",
+             "ridge r/√ceiling", "gain in r", "gain in r/√ceiling"]  # fmt: skip
+    out.append(
+        "<table><caption>Each encoder at each ROI's best layer (as in the ROI tables). "
+        "Positive gain: the encoder explains more than ridge on the same model's features."
+        "</caption><tr>" + "".join(f"<th>{_e(h)}</th>" for h in heads) + "</tr>"
+    )
+    for _, row in table.iterrows():
+        g = row["gain_r_over_ceiling"]
+        cls = "num ok" if np.isfinite(g) and g > 0.05 else ("num bad" if g < -0.05 else "num")
+        cells = [
+            f"<td>{_e(row['roi'])}</td>",
+            f'<td class="num">{int(row["n_voxels"])}</td>',
+            f"<td>{_e(row['layer'])}</td>",
+            f"<td>{_e(row['baseline_layer'])}</td>",
+            *(f'<td class="num">{_num(row[k])}</td>' for k in ("r", "baseline_r")),
+            *(
+                f'<td class="num">{_num(row[k])}</td>'
+                for k in ("r_over_ceiling", "baseline_r_over_ceiling", "gain_r")
+            ),
+            f'<td class="{cls}">{_num(g)}</td>',
+        ]
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    out.append("</table>")
+    if map_kind(scores) is not None:
+        ratio_gain = gain_over_ceiling(scores, baseline)
+        values = ratio_gain if np.isfinite(ratio_gain).any() else gain
+        label = "gain in r/√ceiling" if np.isfinite(ratio_gain).any() else "gain in r"
+        alpha = _fdr_alpha(scores, None)
+        values = np.where(significant_in_either(scores, baseline, alpha), values, np.nan)
+        finite = values[np.isfinite(values)]
+        top = float(np.percentile(np.abs(finite), 99)) if finite.size else 1.0
+        fig = plot_brain_map(
+            values,
+            scores,
+            title=f"{label}: {name} minus {base_name}",
+            cmap="RdBu_r",
+            vmin=-max(top, 1e-3),
+            vmax=max(top, 1e-3),
+            colorbar_label=f"{label} (red: encoder better, blue: ridge better)",
+        )
+        caption = (
+            f"{label} per vertex, each encoder at the best layer of the vertex's ROI; shown "
+            f"where either encoder is significant (FDR q < {alpha:g}) and the ceiling is "
+            "positive."
+        )
+        out.append(
+            f"<figure>{_img(figure_to_base64_png(fig, dpi=dpi), caption)}"
+            f"<figcaption>{_e(caption)}</figcaption></figure>"
+        )
+    out.append("</div>")
+    return "\n".join(out)
+
+
+def _attention_html(
+    scores: xr.Dataset, attention: list[xr.Dataset], dpi: int, n_images: int = 4
+) -> str:
+    """A few stimuli with the attention of each ROI's query overlaid, for encoders that
+    report attention (routing)."""
+    from alignment.viz.attention import attention_maps, plot_attention_overlays
+
+    keys = ("dataset", "model", "encoder", "subject")
+    match = [
+        ds
+        for ds in attention
+        if all(str(ds.attrs.get(k)) == str(scores.attrs.get(k)) for k in keys)
+    ]
+    if not match:
+        return ""
+    ds = match[0]
+    layer = None
+    if "layer" in ds.dims:
+        r = scores[dims.R].transpose(dims.LAYER, dims.VOXEL).values.astype(float)
+        best = str(scores[dims.LAYER].values[int(np.nanargmax(_nanmean(r, axis=1)))])
+        layer = best if best in [str(x) for x in ds["layer"].values] else None
+    maps = attention_maps(ds, layer)
+    maps = {k: v for k, v in maps.items() if not k.endswith(" rest")}
+    if not maps:
+        return ""
+    # one map per ROI (its first hemisphere), at most six ROIs
+    per_roi = {}
+    for label, values in maps.items():
+        per_roi.setdefault(label.split(" ", 1)[1], (label, values))
+    chosen = dict(list(per_roi.values())[:6])
+    n = next(iter(chosen.values())).shape[0]
+    rows = np.unique(np.linspace(0, n - 1, min(n_images, n)).round().astype(int))
+    ids = (
+        [str(x) for x in ds[dims.STIMULUS_ID].values[rows]]
+        if dims.STIMULUS_ID in ds.coords
+        else [f"image {i}" for i in rows]
+    )
+    images, note = _stimulus_images(str(scores.attrs.get("stimuli", "")), ids)
+    fig = plot_attention_overlays(
+        images, {k: v[rows] for k, v in chosen.items()}, labels=ids,
+        title=f"attention of ROI queries ({layer or 'last layer'})",
+    )  # fmt: skip
+    caption = (
+        "Cross-attention of each ROI's query over the patch tokens (mean over heads, bilinearly "
+        "upsampled; brighter = more attention), for test images of the cross-validation."
+    )
+    if note:
+        caption += " " + note
+    return (
+        f'<div class="model"><h3>Where the queries look: {_e(scores.attrs.get("model", "?"))} '
+        f"· {_e(scores.attrs.get('encoder', '?'))}</h3><figure>"
+        f"{_img(figure_to_base64_png(fig, dpi=dpi), caption)}"
+        f"<figcaption>{_e(caption)}</figcaption></figure></div>"
+    )
+
+
+def _stimulus_images(table: str, ids: list[str]):
+    """The images of ``ids`` from a stimulus table, or Nones and a note when unavailable."""
+    if not table:
+        return [None] * len(ids), "(stimulus images unavailable: no stimulus table recorded)"
+    try:
+        from PIL import Image
+
+        from alignment.stimuli.images import read_image_table
+
+        frame = read_image_table(table).set_index("stimulus_id")
+        return [Image.open(frame.loc[i, "path"]).convert("RGB") for i in ids], ""
+    except Exception as err:  # the report still renders the maps without the images
+        return [None] * len(ids), f"(stimulus images unavailable: {err})"
+
+
+# --------------------------------------------------------------------------------------------
 # public
 
 
@@ -558,6 +704,7 @@ def render_subject_report(
     truth: Mapping | None = None,
     *,
     dpi: int = 100,
+    attention: Iterable[xr.Dataset] | None = None,
 ) -> str:
     """Render the HTML report of one subject.
 
@@ -581,6 +728,12 @@ def render_subject_report(
         ``driver``) gets no verdict.
     dpi : int
         Resolution of the figures.
+    attention : iterable of xarray.Dataset, optional
+        ``attention.nc`` of encoders that report attention maps (routing), matched to their
+        Scores by dataset, model and encoder; a few images are shown with the maps overlaid.
+
+    Every encoder other than ridge that has a ridge fit on the same model source and dataset
+    also gets a map and ROI table of its gain over ridge.
 
     Returns
     -------
@@ -588,6 +741,7 @@ def render_subject_report(
         A self-contained HTML document (inline CSS, base64 PNG images, no external URL).
     """
     items = [load_scores(s) for s in scores_list]
+    attention = list(attention or [])
     for s in items:
         check_scores(s, (*PROFILE_VARIABLES, dims.Q), what="the subject report")
     datasets: dict[str, list[tuple[xr.Dataset, str]]] = {}
@@ -633,6 +787,8 @@ def render_subject_report(
         body.append(_overview_html(entries, truth))
         for s, anchor in entries:
             body.append(_model_section(s, anchor, truth, dpi))
+            body.append(_gain_html(s, [e for e, _ in entries], dpi))
+            body.append(_attention_html(s, attention, dpi))
 
     body.append(_provenance_html(items, config, provenance))
     return (
@@ -652,8 +808,11 @@ def write_subject_report(
     truth: Mapping | None = None,
     *,
     dpi: int = 100,
+    attention: Iterable[xr.Dataset] | None = None,
 ) -> Path:
     """Render the report (see :func:`render_subject_report`) and write it atomically."""
-    text = render_subject_report(subject, scores_list, config, provenance, truth, dpi=dpi)
+    text = render_subject_report(
+        subject, scores_list, config, provenance, truth, dpi=dpi, attention=attention
+    )
     write_text(path, text)
     return Path(path)

@@ -87,6 +87,22 @@ def subject_scores(subject):
     ]
 
 
+def attention_encoders():
+    """Names of the routing encoders: their encode rule also writes attention.nc."""
+    return [name for name, spec in config["encoders"].items() if spec.get("kind") == "routing"]
+
+
+def subject_attention(subject):
+    """attention.nc of every routing fit of a subject (image datasets), for the report."""
+    return [
+        f"results/sub-{subject}/{dataset}/{model}/{encoder}/attention.nc"
+        for dataset, spec in DATASETS.items()
+        if subject in spec["subjects"]
+        for model, encoder in dataset_pairs(dataset)
+        if encoder in attention_encoders()
+    ]
+
+
 def all_subjects():
     return sorted({s for spec in DATASETS.values() for s in spec["subjects"]})
 

@@ -119,3 +119,45 @@ rule merge_shards:
         runtime=30,
     shell:
         "alignment merge-scores --scores {input} --out {output} > {log} 2>&1"
+
+
+# The attention-routing encoder: the same verb, plus each query's attention over the token grid
+# for every test image (attention.nc, shown in the report). Only routing encoders match here.
+ruleorder: encode_routing > encode
+
+
+rule encode_routing:
+    input:
+        unpack(encoder_inputs),
+        responses=lambda wildcards: responses_path(wildcards.dataset, wildcards.subject),
+        features="results/features/{dataset}/{model}.zarr",
+        ceiling="results/sub-{subject}/{dataset}/ceiling.nc",
+    output:
+        scores="results/sub-{subject}/{dataset}/{model}/{encoder}/scores.nc",
+        attention="results/sub-{subject}/{dataset}/{model}/{encoder}/attention.nc",
+    log:
+        "results/logs/encode/sub-{subject}_{dataset}_{model}_{encoder}.log",
+    benchmark:
+        "results/benchmarks/encode/sub-{subject}_{dataset}_{model}_{encoder}.tsv"
+    wildcard_constraints:
+        encoder="|".join(attention_encoders()) or "(?!)",
+    conda:
+        "../../environment.yml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=240,
+    params:
+        encoder=lambda wildcards: as_arg(config["encoders"][wildcards.encoder]),
+        cv=lambda wildcards: as_arg(config.get("cv", {})),
+        stats=lambda wildcards: as_arg(config.get("stats", {})),
+        timeseries=lambda wildcards: as_arg(config.get("timeseries", {})),
+        attrs=lambda wildcards: as_arg({"config_hash": CONFIG_HASH}),
+        on_bad_voxels=lambda wildcards: DATASETS[wildcards.dataset].get("on_bad_voxels", "error"),
+        extra=encoder_input_args,
+    shell:
+        "alignment encode --responses {input.responses} --features {input.features}"
+        " --ceiling {input.ceiling} --encoder {wildcards.encoder} --encoder-spec {params.encoder}"
+        " --cv {params.cv} --stats {params.stats} --timeseries {params.timeseries}"
+        " --attrs {params.attrs} --on-bad-voxels {params.on_bad_voxels} {params.extra}"
+        " --interpretation-out {output.attention} --out {output.scores} > {log} 2>&1"

@@ -4,6 +4,7 @@
 rule report:
     input:
         scores=lambda wildcards: subject_scores(wildcards.subject),
+        attention=lambda wildcards: subject_attention(wildcards.subject),
     output:
         report(
             "results/sub-{subject}/report.html",
@@ -27,4 +28,5 @@ rule report:
         ),
     shell:
         "alignment report --subject {wildcards.subject} --scores {input.scores}"
+        " --attention {input.attention}"
         " --config-json {params.config} {params.truth} --out {output} > {log} 2>&1"

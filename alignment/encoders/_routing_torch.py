@@ -1,0 +1,116 @@
+"""Torch modules of the routing encoder (imported lazily: importing the registry needs no torch).
+
+See :mod:`alignment.encoders.routing` for the model; these classes live at module level so a
+fitted encoder can be pickled.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class CrossAttention(nn.Module):
+    """Multi-head cross-attention with separate key and value inputs."""
+
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.q = nn.Linear(d, d)
+        self.k = nn.Linear(d, d)
+        self.v = nn.Linear(d, d)
+        self.out = nn.Linear(d, d)
+
+    def forward(self, query, key, value, return_weights: bool = False):
+        b, nq, d = query.shape
+        nk = key.shape[1]
+        hd = d // self.heads
+        q = self.q(query).view(b, nq, self.heads, hd).transpose(1, 2)
+        k = self.k(key).view(b, nk, self.heads, hd).transpose(1, 2)
+        v = self.v(value).view(b, nk, self.heads, hd).transpose(1, 2)
+        if return_weights:
+            weights = torch.softmax((q @ k.transpose(-2, -1)) / math.sqrt(hd), dim=-1)
+            out = weights @ v
+            weights = weights.mean(1)  # average over heads: (b, nq, nk)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)
+            weights = None
+        return self.out(out.transpose(1, 2).reshape(b, nq, d)), weights
+
+
+class TransformerBrainEncoder(nn.Module):
+    """Queries cross-attend to tokens (keys with positional encoding); gated einsum readout.
+
+    Parameters
+    ----------
+    width_in : int
+        Token width.
+    layout : alignment.encoders.routing.QueryLayout
+    pos : ndarray (tokens, width) or (1, width)
+        Positional encoding added to the keys (zeros to switch it off).
+    width, n_heads, ffn_dim, dropout
+        Decoder width (tokens are projected when it differs from ``width_in``), heads, FFN
+        hidden size, dropout.
+    """
+
+    def __init__(self, width_in, layout, pos, *, width, n_heads, ffn_dim, dropout):
+        super().__init__()
+        d = width
+        self.width = d
+        self.layout = layout
+        self.proj = nn.Linear(width_in, d) if d != width_in else nn.Identity()
+        self.register_buffer("pos", torch.as_tensor(np.asarray(pos), dtype=torch.float32))
+        self.register_buffer("token_mean", torch.zeros(width_in))
+        self.register_buffer("token_scale", torch.ones(width_in))
+        self.query = nn.Parameter(torch.randn(layout.n_queries, d))
+        self.norm_attn = nn.LayerNorm(d)
+        self.attn = CrossAttention(d, n_heads)
+        self.drop_attn = nn.Dropout(dropout)
+        self.norm_ffn = nn.LayerNorm(d)
+        self.ffn = nn.Sequential(
+            nn.Linear(d, ffn_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ffn_dim, d)
+        )
+        self.drop_ffn = nn.Dropout(dropout)
+        self.norm_out = nn.LayerNorm(d)
+        self.readout = nn.ParameterList()
+        self.readout_bias = nn.ParameterList()
+        bound = 1 / math.sqrt(d)
+        for h, cols in enumerate(layout.vertex_index):
+            self.readout.append(nn.Parameter(torch.empty(len(cols), d).uniform_(-bound, bound)))
+            self.readout_bias.append(nn.Parameter(torch.zeros(len(cols))))
+            if layout.membership is not None:
+                self.register_buffer(
+                    f"member_{h}", torch.as_tensor(layout.membership[h], dtype=torch.float32)
+                )
+        order = np.concatenate(layout.vertex_index)
+        self.register_buffer("inverse_order", torch.as_tensor(np.argsort(order)))
+
+    def decode(self, tokens, return_weights: bool = False):
+        """Query tokens (batch, queries, width) and, optionally, attention weights."""
+        mem = self.proj((tokens.float() - self.token_mean) / self.token_scale)
+        tgt = torch.zeros(mem.shape[0], self.query.shape[0], mem.shape[2], device=mem.device)
+        q = self.norm_attn(tgt) + self.query
+        attended, weights = self.attn(q, mem + self.pos, mem, return_weights)
+        tgt = tgt + self.drop_attn(attended)
+        tgt = tgt + self.drop_ffn(self.ffn(self.norm_ffn(tgt)))
+        return self.norm_out(tgt), weights
+
+    def forward(self, tokens, return_weights: bool = False):
+        z, weights = self.decode(tokens, return_weights)
+        parts = []
+        for h, qi in enumerate(self.layout.query_index):
+            zq = z[:, int(qi[0]) : int(qi[-1]) + 1]  # queries of a hemisphere are contiguous
+            w, c = self.readout[h], self.readout_bias[h]
+            if self.layout.membership is None:
+                parts.append(torch.einsum("bvd,vd->bv", zq, w) + c)
+            else:
+                member = getattr(self, f"member_{h}")
+                # (b, q, v) then gated sum over queries: never a (v, v) tensor
+                per_query = torch.einsum("bqd,vd->bqv", zq, w)
+                parts.append(torch.einsum("bqv,qv->bv", per_query, member.to(zq.dtype)) + c)
+        out = torch.cat(parts, dim=1)[:, self.inverse_order]
+        return (out, weights) if return_weights else out
