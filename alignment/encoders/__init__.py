@@ -4,7 +4,10 @@ Importing this package registers the built-in kinds; :func:`make_encoder` builds
 config entry and the fold's :class:`EncoderContext`.
 """
 
-from alignment.encoders import ridge  # noqa: F401  (registers "ridge")
+from alignment.encoders import (
+    incontext,  # noqa: F401  (registers "incontext")
+    ridge,  # noqa: F401  (registers "ridge")
+)
 from alignment.encoders.registry import (
     ENCODERS,
     EncoderContext,

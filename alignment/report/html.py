@@ -557,6 +557,7 @@ def render_subject_report(
     truth: Mapping | None = None,
     *,
     dpi: int = 100,
+    extra_sections: Iterable[str] = (),
 ) -> str:
     """Render the HTML report of one subject.
 
@@ -580,6 +581,9 @@ def render_subject_report(
         ``driver``) gets no verdict.
     dpi : int
         Resolution of the figures.
+    extra_sections : iterable of str
+        Further HTML sections (e.g. :func:`alignment.report.incontext.incontext_section`),
+        placed before the provenance.
 
     Returns
     -------
@@ -633,6 +637,8 @@ def render_subject_report(
         for s, anchor in entries:
             body.append(_model_section(s, anchor, truth, dpi))
 
+    extra_sections = [x for x in extra_sections if x]
+    body.extend(extra_sections)
     body.append(_provenance_html(items, config, provenance))
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
@@ -651,8 +657,11 @@ def write_subject_report(
     truth: Mapping | None = None,
     *,
     dpi: int = 100,
+    extra_sections: Iterable[str] = (),
 ) -> Path:
     """Render the report (see :func:`render_subject_report`) and write it atomically."""
-    text = render_subject_report(subject, scores_list, config, provenance, truth, dpi=dpi)
+    text = render_subject_report(
+        subject, scores_list, config, provenance, truth, dpi=dpi, extra_sections=extra_sections
+    )
     write_text(path, text)
     return Path(path)

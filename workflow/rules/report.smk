@@ -4,6 +4,7 @@
 rule report:
     input:
         scores=lambda wildcards: subject_scores(wildcards.subject),
+        incontext=lambda wildcards: incontext_tables(wildcards.subject),
     output:
         report(
             "results/sub-{subject}/report.html",
@@ -27,4 +28,5 @@ rule report:
         ),
     shell:
         "alignment report --subject {wildcards.subject} --scores {input.scores}"
+        " --incontext-tables {input.incontext}"
         " --config-json {params.config} {params.truth} --out {output} > {log} 2>&1"
