@@ -144,11 +144,13 @@ def _incontext_subject(args, spec):
     from alignment.encoders.incontext import load_checkpoint, subject_data
     from alignment.io import read_zarr_attrs, read_zarr_layers
 
+    ckpt = load_checkpoint(args.checkpoint)
+    # the layer the checkpoint was meta-trained on, unless the spec names one
+    spec = {"layers": [ckpt.embedding.get("layer", -1)], **spec}
     responses = load_responses(args.responses, on_bad_voxels=args.on_bad_voxels)
     layers = read_zarr_layers(args.features)
     feat_attrs = read_zarr_attrs(args.features)
     data = subject_data(responses, layers, spec, args.cv, str(args.features), str(args.responses))
-    ckpt = load_checkpoint(args.checkpoint)
     ckpt.check_embedding({**feat_attrs, "layer": data["layer"]}, str(args.features))
     ckpt.check_held_out(data["subject"], data["dataset"])
     return data, ckpt, feat_attrs

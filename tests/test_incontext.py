@@ -8,6 +8,8 @@ true prior (closed form) and the oracle.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -27,11 +29,11 @@ from alignment.encoders.ridge import RidgeEncoder
 from alignment.io import InputError
 
 E = 16
-TRAIN_CONTEXT = (8, 48)
+TRAIN_CONTEXT = (8, 40)
 MODEL = {"width": 48, "depth": 2, "heads": 4, "ffn_hidden": 96, "dropout": 0.0}
 TRAINING = {
-    "steps": 500,
-    "batch_size": 48,
+    "steps": 400,
+    "batch_size": 32,
     "context_range": TRAIN_CONTEXT,
     "n_query": 32,
     "lr": 2e-3,
@@ -41,10 +43,19 @@ TRAINING = {
 EMBEDDING = {"model": "synthetic-clip", "cache_key": "0123456789abcdef", "layer": "layer_00"}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Small models: one thread is predictable, and far cheaper than two on a loaded machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A small hypernetwork and decoder meta-trained on subjects 01-03; subject 04 held out."""
-    torch.set_num_threads(2)
+    start = time.process_time()
     prior = syn.make_prior(embed_dim=E, rank=3, seed=0)
     subjects = [syn.sample_subject(prior, 400, 1200, seed=s) for s in range(3)]
     X_list, Y_list = [s[0] for s in subjects], [s[1] for s in subjects]
@@ -54,8 +65,8 @@ def trained(tmp_path_factory):
         X_list,
         Y_list,
         MODEL,
-        {**TRAINING, "steps": 300, "batch_size": 64},
-        voxel_range=(4, 64),
+        {**TRAINING, "steps": 200, "batch_size": 48},
+        voxel_range=(4, 48),
         n_context=200,
         device="cpu",
         random_state=0,
@@ -70,6 +81,7 @@ def trained(tmp_path_factory):
         decoder=decoder,
     )
     test = syn.sample_subject(prior, 700, 300, seed=99)
+    print(f"meta-training: {time.process_time() - start:.1f} s CPU")
     return {
         "prior": prior,
         "path": path,
@@ -290,36 +302,85 @@ def test_meta_training_from_files_is_leave_one_subject_out(tmp_path):
         ckpt.check_held_out("01", "synth")
 
 
-def test_language_query_maps_a_phrase_with_a_tiny_clip(tmp_path, minilm_path):
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory, minilm_path):
+    """A tiny random CLIP (projection width E) with the MiniLM tokenizer, saved to a folder."""
     from transformers import AutoTokenizer, CLIPConfig, CLIPModel
 
     tok = AutoTokenizer.from_pretrained(minilm_path)
-    config = CLIPConfig(
-        text_config={
-            "vocab_size": tok.vocab_size,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "max_position_embeddings": 64,
-            "eos_token_id": tok.sep_token_id,
-        },
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "image_size": 32,
-            "patch_size": 16,
-        },
-        projection_dim=E,
-    )
+    text = {
+        "vocab_size": tok.vocab_size,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "max_position_embeddings": 64,
+        "eos_token_id": tok.sep_token_id,
+    }
+    vision = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "image_size": 32,
+        "patch_size": 16,
+    }
     torch.manual_seed(0)
-    CLIPModel(config).save_pretrained(tmp_path / "clip")
-    tok.save_pretrained(tmp_path / "clip")
-    t = ic.text_embedding(str(tmp_path / "clip"), ["faces", "houses"])
+    path = tmp_path_factory.mktemp("clip") / "tiny-clip"
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=E)).save_pretrained(
+        path
+    )
+    tok.save_pretrained(path)
+    return str(path)
+
+
+def test_language_query_maps_a_phrase(tiny_clip):
+    t = ic.text_embedding(tiny_clip, ["faces", "houses"])
     assert t.shape == (2, E) and not np.allclose(t[0], t[1])
     W = np.random.default_rng(0).standard_normal((5, E)).astype(np.float32)
     b = np.arange(5, dtype=np.float32)
     values = ic.selectivity_map(W, b, t[0])
     np.testing.assert_allclose(values, W @ (t[0] / np.linalg.norm(t[0])) + b, rtol=1e-5)
+
+
+def test_query_cli_end_to_end_and_held_out_check(trained, tiny_clip, tmp_path):
+    from alignment.cli import main
+    from alignment.io import read_netcdf, write_netcdf, write_zarr_layers
+
+    X, Y, _, _ = trained["test"]
+    ids = np.array([f"img{i:03d}" for i in range(120)])
+    layer = xr.DataArray(
+        X[:120], dims=("stimulus", "unit"), coords={"stimulus_id": ("stimulus", ids)}
+    )
+    write_zarr_layers({"layer_00": layer}, tmp_path / "f.zarr", dict(EMBEDDING))
+    for subject in ("04", "02"):
+        resp = _responses(X[:120], Y[:120, :30], subject, ids)
+        write_netcdf(resp, tmp_path / f"sub-{subject}.nc")
+    common = [
+        "--features",
+        str(tmp_path / "f.zarr"),
+        "--checkpoint",
+        str(trained["path"]),
+        "--text",
+        "faces",
+        "--text-model",
+        tiny_clip,
+        "--device",
+        "cpu",
+    ]
+    out = tmp_path / "faces.nc"
+    assert (
+        main(["query", "--responses", str(tmp_path / "sub-04.nc"), *common, "--out", str(out)]) == 0
+    )
+    got = read_netcdf(out)["selectivity"].values[0]
+    data = ic.subject_data(
+        read_netcdf(tmp_path / "sub-04.nc"), {"layer_00": layer}, {"layers": ["layer_00"]}, {}
+    )
+    enc = ic.InContextEncoder(checkpoint=trained["ckpt"], device="cpu").fit(data["X"], data["Y"])
+    t = ic.text_embedding(tiny_clip, ["faces"])[0]
+    np.testing.assert_allclose(
+        got, enc.coef_ @ (t / np.linalg.norm(t)) + enc.intercept_, rtol=1e-4, atol=1e-4
+    )
+    # subject 02 was a training subject of this checkpoint: refused, exit status 2
+    bad = ["query", "--responses", str(tmp_path / "sub-02.nc"), *common, "--out", str(out)]
+    assert main(bad) == 2

@@ -55,8 +55,11 @@ def test_dry_run_lists_the_whole_dag(tmp_path):
     text = out.stdout + out.stderr
     for rule in ("demo_data", "features", "ceiling", "encode", "report", "summary", "all"):
         assert rule in text
-    # 3 subjects x 2 datasets x 2 models x 1 encoder
-    assert "encode          12" in text.replace("\t", " ") or "encode 12" in " ".join(text.split())
+    # ridge: 3 subjects x 2 datasets x 2 models; incontext: 3 subjects x the image ViT
+    words = " ".join(text.split())
+    assert "encode 15" in words
+    # the in-context encoder: one leave-one-subject-out meta-training per subject
+    assert "meta_train 3" in words and "fewshot 3" in words and "decode 3" in words
 
 
 def test_config_typo_fails_at_start_with_a_suggestion(tmp_path):
@@ -230,4 +233,4 @@ def test_slurm_profile_dry_run_plans_every_job(tmp_path):
     out = _snakemake(tmp_path, "--profile", str(REPO / "profiles" / "slurm"), "-n")
     assert out.returncode == 0, out.stderr[-3000:]
     text = " ".join((out.stdout + out.stderr).split())
-    assert "encode 12" in text and "features 4" in text
+    assert "encode 15" in text and "features 4" in text and "meta_train 3" in text

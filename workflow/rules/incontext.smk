@@ -18,7 +18,8 @@ rule meta_train:
         "results/benchmarks/meta_train/{dataset}_{model}_{encoder}_heldout-{subject}.tsv"
     conda:
         "../../environment.yml"
-    threads: 2
+    # small models train as fast on one thread; the slurm profile gives it a GPU
+    threads: 1
     resources:
         mem_mb=4000,
         runtime=240,
