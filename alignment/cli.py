@@ -193,7 +193,7 @@ def cmd_meta_train(args) -> None:
 
 
 def cmd_fewshot(args) -> None:
-    from alignment.encoders.incontext import scaling_curve
+    from alignment.encoders.incontext import describe_checkpoint, scaling_curve
     from alignment.io import write_text
 
     spec = args.encoder_spec
@@ -211,6 +211,7 @@ def cmd_fewshot(args) -> None:
         device=args.device,
     )
     table = _tidy_attrs(table, data, feat_attrs, args)
+    table["checkpoint_model"] = describe_checkpoint(ckpt)
     write_text(args.out, table.to_csv(sep="\t", index=False))
 
 

@@ -384,3 +384,86 @@ def test_query_cli_end_to_end_and_held_out_check(trained, tiny_clip, tmp_path):
     # subject 02 was a training subject of this checkpoint: refused, exit status 2
     bad = ["query", "--responses", str(tmp_path / "sub-02.nc"), *common, "--out", str(out)]
     assert main(bad) == 2
+
+
+def test_stage_one_prior_is_fitted_to_ridge_weights_of_real_voxels():
+    prior = syn.make_prior(embed_dim=8, rank=2, noise_sd=0.1, seed=1)
+    subjects = [syn.sample_subject(prior, 2000, 3000, seed=s) for s in range(2)]
+    mean, cov, noise = ic.ridge_prior([s[0] for s in subjects], [s[1] for s in subjects], 1e-3)
+    # the Gaussian over [w, b] fitted to the voxels' ridge weights recovers the true prior
+    scale = np.sqrt(np.diag(prior.cov))
+    np.testing.assert_allclose(mean, prior.mean, atol=0.1 * scale.max())
+    np.testing.assert_allclose(np.diag(cov), np.diag(prior.cov), rtol=0.2)
+    assert abs(noise - 0.1) < 0.02
+    # stage 1 runs on synthetic voxels drawn from it before the real ones
+    _, info = ic.meta_train(
+        [s[0][:200] for s in subjects],
+        [s[1][:200, :50] for s in subjects],
+        {"width": 16, "depth": 1, "heads": 2, "ffn_hidden": 16},
+        {"steps": 2, "pretrain_steps": 2, "batch_size": 4, "context_range": (5, 20), "n_query": 5},
+        device="cpu",
+    )
+    assert [h["stage"] for h in info["history"]] == ["stage 1"] * 2 + ["meta"] * 2
+
+
+def test_report_section_shows_the_scaling_curve_and_decoding(tmp_path):
+    from alignment.report.html import render_subject_report
+    from alignment.report.incontext import incontext_section
+
+    rows = [
+        {
+            "subject": "01",
+            "dataset": "d",
+            "model": "m",
+            "layer": "layer_05",
+            "encoder": enc,
+            "n_context": n,
+            "roi": roi,
+            "n_voxels": 10,
+            "ev_mean": ev,
+            "ev_median": ev,
+            "r_mean": ev,
+            "checkpoint_model": "width 48, depth 2",
+        }
+        for enc, evs in (("incontext", (0.2, 0.3, 0.35)), ("ridge", (0.0, 0.2, 0.34)))
+        for n, ev in zip((10, 30, 100), evs, strict=True)
+        for roi in ("all", "all ROIs")
+    ]
+    dec = [
+        {
+            "method": m,
+            "n_context": 100,
+            "n_voxels": v,
+            "top1": 0.1 * k,
+            "top5": 0.3 * k,
+            "chance_top1": 0.02,
+            "chance_top5": 0.1,
+            "n_candidates": 48,
+        }
+        for k, m in ((1, "incontext"), (2, "analytic"))
+        for v in (10, 100)
+    ]
+    pd = pytest.importorskip("pandas")
+    pd.DataFrame(rows).to_csv(tmp_path / "fewshot.tsv", sep="\t", index=False)
+    pd.DataFrame(dec).to_csv(tmp_path / "decoding.tsv", sep="\t", index=False)
+    section = incontext_section([tmp_path / "fewshot.tsv", tmp_path / "decoding.tsv"], dpi=40)
+    assert section.count("<img") == 2 and "The model is small" in section
+    assert "width 48, depth 2" in section and "analytic" in section
+    assert incontext_section([]) == ""
+    # the subject report places it before the provenance
+    scores = xr.Dataset(
+        {
+            v: (("layer", "voxel"), np.full((1, 2), 0.1, np.float32))
+            for v in ("r", "q", "r_null_mean", "r_null_p95", "r2", "p")
+        },
+        coords={
+            "layer": ["layer_00"],
+            "roi": ("voxel", ["a", "a"]),
+            "hemi": ("voxel", ["left", "left"]),
+            "vertex": ("voxel", [0, 1]),
+        },
+        attrs={"dataset": "d", "model": "m", "encoder": "incontext", "space": "fsaverage5"},
+    )
+    scores["ceiling"] = ("voxel", np.array([0.5, 0.5], np.float32))
+    page = render_subject_report("01", [scores], {}, {}, dpi=30, extra_sections=[section])
+    assert page.index("In-context encoder") < page.index('id="provenance"')

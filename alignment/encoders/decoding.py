@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from alignment.encoders.incontext import (
     Block,
@@ -168,7 +169,7 @@ def meta_train_decoder(
         opt, lambda s: _lr_factor(s, steps, min(training.warmup, steps))
     )
     history = []
-    for step in range(steps):
+    for step in tqdm(range(steps), desc="decoder", unit="step", mininterval=2.0):
         s = int(rng.integers(len(tensors)))
         W, b, Xr, Yr = tensors[s]
         n_vox = W.shape[0]
@@ -186,7 +187,7 @@ def meta_train_decoder(
         nn.utils.clip_grad_norm_(model.parameters(), training.grad_clip or 1.0)
         opt.step()
         sched.step()
-        history.append({"stage": "decoder", "step": step, "loss": float(loss)})
+        history.append({"stage": "decoder", "step": step, "loss": float(loss.detach())})
     return model.cpu().eval(), {"lambda": lam, "history": history}
 
 

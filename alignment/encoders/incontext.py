@@ -922,10 +922,12 @@ def meta_train_checkpoint(
         device=device,
         random_state=random_state,
     )
-    decoder, extra = (
-        None,
-        {"tasks_per_s": info["tasks_per_s"], "final_loss": info["history"][-1]["loss"]},
-    )
+    decoder = None
+    extra = {
+        "steps": int(spec.get("training", {}).get("steps", TrainingConfig.steps)),
+        "tasks_per_s": info["tasks_per_s"],
+        "final_loss": info["history"][-1]["loss"],
+    }
     if spec.get("decoding"):
         from alignment.encoders.decoding import meta_train_decoder
 
@@ -959,6 +961,19 @@ def meta_train_checkpoint(
         decoder=decoder,
     )
     return info
+
+
+def describe_checkpoint(ckpt: Checkpoint) -> str:
+    """One line on the model's size and training, for reports."""
+    cfg = ckpt.model.cfg
+    n_params = sum(p.numel() for p in ckpt.model.parameters())
+    subjects = ", ".join(str(s) for _, s in ckpt.training_subjects)
+    steps = ckpt.extra.get("steps")
+    trained = f"{steps} meta-training steps" if steps else "meta-trained"
+    return (
+        f"width {cfg.width}, {cfg.depth} block(s), {cfg.heads} heads, "
+        f"{n_params / 1e3:.0f}k parameters, {trained} on subject(s) {subjects}"
+    )
 
 
 def text_embedding(source: str, texts: list[str]) -> np.ndarray:
