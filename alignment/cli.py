@@ -196,17 +196,24 @@ def cmd_fewshot(args) -> None:
     from alignment.encoders.incontext import describe_checkpoint, scaling_curve
     from alignment.io import write_text
 
+    import numpy as np
+
     spec = args.encoder_spec
     data, ckpt, feat_attrs = _incontext_subject(args, spec)
+    # with ROIs, the curve is summarised over the ROIs' voxels only (and costs that much)
+    roi = data.get("roi")
+    keep = slice(None)
+    if roi is not None and (np.asarray(roi).astype(str) != "none").any():
+        keep = np.asarray(roi).astype(str) != "none"
     table = scaling_curve(
         data["X"],
-        data["Y"],
+        data["Y"][:, keep],
         data["folds"],
         ckpt,
         spec.get("scaling", {}).get("n_context", [10, 30, 100, 300, 1000]),
         ridge_spec=args.ridge_spec,
         inner_folds=args.cv.get("inner_folds", 3),
-        roi=data.get("roi"),
+        roi=None if roi is None else np.asarray(roi)[keep],
         random_state=args.cv.get("random_state", 0),
         device=args.device,
     )

@@ -109,7 +109,8 @@ def small(args) -> dict:
 def full(args) -> dict:
     dev = ic.resolve_device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = True
-    cfg = ic.InContextConfig(embed_dim=512)  # paper: D=560, 20 blocks, 10 heads, SwiGLU 2x2048
+    # paper: D=560, 20 blocks, 10 heads, SwiGLU 2x2048 (--depth only for a quick smoke test)
+    cfg = ic.InContextConfig(embed_dim=512, depth=args.depth)
     model = ic.InContextHypernet(cfg)
     n_params = sum(p.numel() for p in model.parameters())
     rng = np.random.default_rng(0)
@@ -133,13 +134,15 @@ def full(args) -> dict:
         steps=args.train_steps, batch_size=args.train_batch, context_range=(30, 500), n_query=100
     )
     Xs = [X, X]
-    Ys = [Y[:, :2000], Y[:, 2000:4000]]
+    k = min(2000, args.voxels)
+    Ys = [Y[:, :k], Y[:, -k:]]
     with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
         _, info = ic.meta_train(Xs, Ys, cfg, training, device=str(dev), model=model)
     return {
         "scale": "full",
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "params": n_params,
+        "depth": args.depth,
         "voxels": args.voxels,
         "context": 1000,
         "weights_s": round(wb_s, 3),
@@ -159,6 +162,7 @@ def main() -> None:
     parser.add_argument("--batch-voxels", type=int, default=256)
     parser.add_argument("--train-steps", type=int, default=30)
     parser.add_argument("--train-batch", type=int, default=64)
+    parser.add_argument("--depth", type=int, default=20, help="blocks of the full model")
     args = parser.parse_args()
     torch.manual_seed(0)
     result = small(args) if args.scale == "small" else full(args)
