@@ -193,10 +193,10 @@ def cmd_meta_train(args) -> None:
 
 
 def cmd_fewshot(args) -> None:
+    import numpy as np
+
     from alignment.encoders.incontext import describe_checkpoint, scaling_curve
     from alignment.io import write_text
-
-    import numpy as np
 
     spec = args.encoder_spec
     data, ckpt, feat_attrs = _incontext_subject(args, spec)
