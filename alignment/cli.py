@@ -185,10 +185,10 @@ def cmd_meta_train(args) -> None:
         random_state=args.cv.get("random_state", 0),
     )
     log.info(
-        "meta-trained for held-out subject %s: %.0f voxel-tasks/s, final loss %.4f",
+        "meta-trained for held-out subject %s: %.0f voxel-tasks/s, final query MSE %.4f",
         args.heldout,
         info["tasks_per_s"],
-        info["history"][-1]["loss"],
+        [h["loss"] for h in info["history"] if h["stage"] == "meta"][-1],
     )
 
 
