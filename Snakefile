@@ -16,6 +16,7 @@ include: "workflow/rules/features.smk"
 include: "workflow/rules/encoders.smk"
 include: "workflow/rules/scores.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/incontext.smk"
 
 
 rule all:

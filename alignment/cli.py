@@ -212,6 +212,167 @@ def cmd_merge_scores(args) -> None:
     write_netcdf(merge_shards([read_netcdf(path) for path in args.scores]), args.out)
 
 
+def _incontext_subject(args, spec):
+    """Responses, features and checkpoint of the subject a scaling/decoding/query verb runs on."""
+    from alignment.data.responses import load_responses
+    from alignment.encoders.incontext import load_checkpoint, subject_data
+    from alignment.io import read_zarr_attrs, read_zarr_layers
+
+    ckpt = load_checkpoint(args.checkpoint)
+    # the layer the checkpoint was meta-trained on, unless the spec names one
+    spec = {"layers": [ckpt.embedding.get("layer", -1)], **spec}
+    responses = load_responses(args.responses, on_bad_voxels=args.on_bad_voxels)
+    layers = read_zarr_layers(args.features)
+    feat_attrs = read_zarr_attrs(args.features)
+    data = subject_data(responses, layers, spec, args.cv, str(args.features), str(args.responses))
+    ckpt.check_embedding({**feat_attrs, "layer": data["layer"]}, str(args.features))
+    ckpt.check_held_out(data["subject"], data["dataset"])
+    return data, ckpt, feat_attrs
+
+
+def _tidy_attrs(table, data, feat_attrs, args):
+    table.insert(0, "subject", data["subject"])
+    table.insert(1, "dataset", data["dataset"])
+    table.insert(2, "model", feat_attrs.get("model", ""))
+    table.insert(3, "layer", data["layer"])
+    table.insert(4, "encoder_name", args.encoder)
+    return table
+
+
+def cmd_meta_train(args) -> None:
+    from alignment.data.responses import load_responses
+    from alignment.encoders.incontext import meta_train_checkpoint
+    from alignment.io import read_zarr_attrs, read_zarr_layers
+
+    responses = [load_responses(p, on_bad_voxels=args.on_bad_voxels) for p in args.responses]
+    info = meta_train_checkpoint(
+        responses,
+        read_zarr_layers(args.features),
+        read_zarr_attrs(args.features),
+        args.encoder_spec,
+        args.cv,
+        args.out,
+        heldout=args.heldout,
+        sources=[str(p) for p in args.responses],
+        features_source=str(args.features),
+        device=args.device,
+        random_state=args.cv.get("random_state", 0),
+    )
+    log.info(
+        "meta-trained for held-out subject %s: %.0f voxel-tasks/s, final query MSE %.4f",
+        args.heldout,
+        info["tasks_per_s"],
+        [h["loss"] for h in info["history"] if h["stage"] == "meta"][-1],
+    )
+
+
+def cmd_fewshot(args) -> None:
+    import numpy as np
+
+    from alignment.encoders.incontext import describe_checkpoint, scaling_curve
+    from alignment.io import write_text
+
+    spec = args.encoder_spec
+    data, ckpt, feat_attrs = _incontext_subject(args, spec)
+    # with ROIs, the curve is summarised over the ROIs' voxels only (and costs that much)
+    roi = data.get("roi")
+    keep = slice(None)
+    if roi is not None and (np.asarray(roi).astype(str) != "none").any():
+        keep = np.asarray(roi).astype(str) != "none"
+    table = scaling_curve(
+        data["X"],
+        data["Y"][:, keep],
+        data["folds"],
+        ckpt,
+        spec.get("scaling", {}).get("n_context", [10, 30, 100, 300, 1000]),
+        ridge_spec=args.ridge_spec,
+        inner_folds=args.cv.get("inner_folds", 3),
+        roi=None if roi is None else np.asarray(roi)[keep],
+        random_state=args.cv.get("random_state", 0),
+        device=args.device,
+    )
+    table = _tidy_attrs(table, data, feat_attrs, args)
+    table["checkpoint_model"] = describe_checkpoint(ckpt)
+    write_text(args.out, table.to_csv(sep="\t", index=False))
+
+
+def cmd_decode(args) -> None:
+    import numpy as np
+
+    from alignment.encoders.decoding import decoding_curve
+    from alignment.io import write_text
+
+    spec = args.encoder_spec
+    data, ckpt, feat_attrs = _incontext_subject(args, spec)
+    dec = spec.get("decoding", {})
+    roi = data.get("roi")
+    mask = None if roi is None else np.asarray(roi).astype(str) != "none"
+    table = decoding_curve(
+        data["X"],
+        data["Y"],
+        data["folds"],
+        ckpt,
+        n_voxels=dec.get("n_voxels", [10, 30, 100, 300, 1000]),
+        n_context=dec.get("eval_context", [30, 100, 1000]),
+        voxel_mask=mask if mask is not None and mask.any() else None,
+        random_state=args.cv.get("random_state", 0),
+        device=args.device,
+    )
+    table = _tidy_attrs(table, data, feat_attrs, args)
+    write_text(args.out, table.to_csv(sep="\t", index=False))
+
+
+def cmd_query(args) -> None:
+    import numpy as np
+    import xarray as xr
+
+    from alignment.encoders.incontext import (
+        InContextEncoder,
+        selectivity_map,
+        text_embedding,
+    )
+    from alignment.io import atomic_path, write_netcdf
+    from alignment.viz.brainmaps import plot_surface_map
+
+    data, ckpt, _ = _incontext_subject(args, args.encoder_spec)
+    t = text_embedding(args.text_model, args.text)
+    if t.shape[1] != ckpt.model.cfg.embed_dim:
+        raise InputError(
+            f"{args.text_model}: text embeddings have {t.shape[1]} units; checkpoint "
+            f"{args.checkpoint} expects {ckpt.model.cfg.embed_dim} (the image-text model's "
+            "shared embedding)"
+        )
+    enc = InContextEncoder(checkpoint=ckpt, device=args.device).fit(data["X"], data["Y"])
+    maps = np.stack([selectivity_map(enc.coef_, enc.intercept_, v, ckpt.feature_mean) for v in t])
+    ds = xr.Dataset(
+        {"selectivity": (("query", "voxel"), maps.astype(np.float32))},
+        coords={
+            "query": list(args.text),
+            **{c: ("voxel", data[c]) for c in ("roi", "hemi", "vertex") if c in data},
+        },
+        attrs={
+            "subject": data["subject"] or "",
+            "checkpoint": str(args.checkpoint),
+            "text_model": args.text_model,
+            "definition": "w . t + b per voxel",
+        },
+    )
+    write_netcdf(ds, args.out)
+    if args.figure:
+        if "hemi" not in data or "vertex" not in data:
+            raise InputError(f"{args.responses}: no hemi/vertex coordinates to draw a surface map")
+        fig = plot_surface_map(
+            maps[0],
+            data["hemi"],
+            data["vertex"],
+            cmap="RdBu_r",
+            title=f"selectivity for {args.text[0]!r} (w·t + b)",
+            colorbar_label="predicted response",
+        )
+        with atomic_path(args.figure) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+
+
 def cmd_rsa(args) -> None:
     from alignment.data.responses import load_responses
     from alignment.io import read_zarr_attrs, read_zarr_layers, write_netcdf
@@ -239,6 +400,11 @@ def cmd_report(args) -> None:
     truth = read_json(args.truth) if args.truth else None
     config = args.config_json
     attention = [read_netcdf(p) for p in args.attention]
+    extra = []
+    if args.incontext_tables:
+        from alignment.report.incontext import incontext_section
+
+        extra.append(incontext_section(args.incontext_tables))
     write_subject_report(
         args.out,
         args.subject,
@@ -247,6 +413,7 @@ def cmd_report(args) -> None:
         provenance=_provenance(),
         truth=truth,
         attention=attention,
+        extra_sections=extra,
     )
 
 
@@ -368,6 +535,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_encode)
 
+    def incontext_common(p, checkpoint=True):
+        if checkpoint:
+            p.add_argument("--responses", required=True)
+        else:
+            p.add_argument(
+                "--responses",
+                nargs="+",
+                required=True,
+                help="responses of the training subjects (every subject but --heldout)",
+            )
+        p.add_argument("--features", required=True)
+        if checkpoint:
+            p.add_argument("--checkpoint", required=True, help="meta-trained checkpoint (.pt)")
+        p.add_argument("--encoder", default="incontext", help="encoder name in the config")
+        p.add_argument("--encoder-spec", type=_json, default={})
+        p.add_argument("--cv", type=_json, default={})
+        p.add_argument("--device", default="auto", help="torch device; auto = CUDA if present")
+        p.add_argument("--on-bad-voxels", default="error", choices=["error", "drop"])
+        p.add_argument("--out", required=True)
+
+    p = sub.add_parser("meta-train", help="meta-train the in-context encoder (one subject out)")
+    incontext_common(p, checkpoint=False)
+    p.add_argument("--heldout", required=True, help="the subject the checkpoint is for (excluded)")
+    p.set_defaults(func=cmd_meta_train)
+
+    p = sub.add_parser("fewshot", help="in-context vs ridge on N context images (scaling curve)")
+    incontext_common(p)
+    p.add_argument("--ridge-spec", type=_json, default={}, help="ridge parameters (JSON)")
+    p.set_defaults(func=cmd_fewshot)
+
+    p = sub.add_parser("decode", help="in-context decoding (BrainCoDec) vs analytic inversion")
+    incontext_common(p)
+    p.set_defaults(func=cmd_decode)
+
+    p = sub.add_parser("query", help="map a phrase to cortical selectivity (w . t + b)")
+    incontext_common(p)
+    p.add_argument("--text", action="append", required=True, help="phrase (repeatable)")
+    p.add_argument("--text-model", required=True, help="the image-text model (CLIP) folder or id")
+    p.add_argument("--figure", help="PNG surface map of the first phrase")
+    p.set_defaults(func=cmd_query)
+
     p = sub.add_parser("rsa", help="RDM correlation of every layer with every ROI (RSA)")
     p.add_argument("--responses", nargs="+", required=True, help="every subject's responses")
     p.add_argument("--index", type=int, required=True, help="position of the subject scored")
@@ -394,6 +602,12 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="*",
         default=[],
         help="attention.nc of routing encoders (attention maps overlaid on example images)",
+    )
+    p.add_argument(
+        "--incontext-tables",
+        nargs="*",
+        default=[],
+        help="scaling and decoding tables of the in-context encoder (alignment fewshot/decode)",
     )
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_report)

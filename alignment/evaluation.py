@@ -667,6 +667,8 @@ def score_layers(
         voxels={c: v for c, (_, v) in _voxel_coords(responses).items()},
         features=dict(features_attrs or {}),
         inputs=dict(encoder_inputs or {}),
+        subject=responses.attrs.get("subject"),
+        dataset=responses.attrs.get("dataset"),
     )
     interpretations = {}
     # a shard holds only part of each ROI, so ROI-mean intervals are left to unsharded runs

@@ -55,9 +55,12 @@ def test_dry_run_lists_the_whole_dag(tmp_path):
     text = out.stdout + out.stderr
     for rule in ("demo_data", "features", "ceiling", "encode", "report", "summary", "all"):
         assert rule in text
-    # 3 subjects x (4 pooled image + 3 narrative models) x ridge; 3 subjects x tokens x routing
-    assert "encode 21" in " ".join(text.split())
-    assert "encode_routing 3" in " ".join(text.split())
+    # ridge: 3 subjects x (4 pooled image + 3 narrative models), plus the in-context encoder on
+    # the image ViT; routing: 3 subjects x the tokens model
+    words = " ".join(text.split())
+    assert "encode 24" in words and "encode_routing 3" in words
+    # the in-context encoder: one leave-one-subject-out meta-training per subject
+    assert "meta_train 3" in words and "fewshot 3" in words and "decode 3" in words
 
 
 def test_config_typo_fails_at_start_with_a_suggestion(tmp_path):
@@ -231,4 +234,5 @@ def test_slurm_profile_dry_run_plans_every_job(tmp_path):
     out = _snakemake(tmp_path, "--profile", str(REPO / "profiles" / "slurm"), "-n")
     assert out.returncode == 0, out.stderr[-3000:]
     text = " ".join((out.stdout + out.stderr).split())
-    assert "encode 12" in text and "encode_routing 3" in text and "features 5" in text
+    assert "encode 24" in text and "encode_routing 3" in text and "features 8" in text
+    assert "meta_train 3" in text

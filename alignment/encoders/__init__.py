@@ -5,6 +5,7 @@ config entry and the fold's :class:`EncoderContext`.
 """
 
 from alignment.encoders import (
+    incontext,  # noqa: F401  (registers "incontext")
     ridge,  # noqa: F401  (registers "ridge")
     routing,  # noqa: F401  (registers "routing")
 )

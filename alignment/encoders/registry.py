@@ -51,6 +51,9 @@ class EncoderContext:
     fold : int
         Index of the outer fold.
     random_state : int
+    subject, dataset : str, optional
+        The responses' ``subject`` and ``dataset`` attrs (e.g. an in-context checkpoint checks
+        that it was not meta-trained on this subject).
     """
 
     inner_cv: list = field(default_factory=list)
@@ -60,6 +63,8 @@ class EncoderContext:
     inputs: dict = field(default_factory=dict)
     fold: int = 0
     random_state: int = 0
+    subject: str | None = None
+    dataset: str | None = None
 
 
 @dataclass(frozen=True)

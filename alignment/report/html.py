@@ -705,6 +705,7 @@ def render_subject_report(
     *,
     dpi: int = 100,
     attention: Iterable[xr.Dataset] | None = None,
+    extra_sections: Iterable[str] = (),
 ) -> str:
     """Render the HTML report of one subject.
 
@@ -734,6 +735,9 @@ def render_subject_report(
 
     Every encoder other than ridge that has a ridge fit on the same model source and dataset
     also gets a map and ROI table of its gain over ridge.
+    extra_sections : iterable of str
+        Further HTML sections (e.g. :func:`alignment.report.incontext.incontext_section`),
+        placed before the provenance.
 
     Returns
     -------
@@ -790,6 +794,8 @@ def render_subject_report(
             body.append(_gain_html(s, [e for e, _ in entries], dpi))
             body.append(_attention_html(s, attention, dpi))
 
+    extra_sections = [x for x in extra_sections if x]
+    body.extend(extra_sections)
     body.append(_provenance_html(items, config, provenance))
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
@@ -809,10 +815,18 @@ def write_subject_report(
     *,
     dpi: int = 100,
     attention: Iterable[xr.Dataset] | None = None,
+    extra_sections: Iterable[str] = (),
 ) -> Path:
     """Render the report (see :func:`render_subject_report`) and write it atomically."""
     text = render_subject_report(
-        subject, scores_list, config, provenance, truth, dpi=dpi, attention=attention
+        subject,
+        scores_list,
+        config,
+        provenance,
+        truth,
+        dpi=dpi,
+        attention=attention,
+        extra_sections=extra_sections,
     )
     write_text(path, text)
     return Path(path)

@@ -32,12 +32,52 @@ def dataset_pairs(dataset):
         for model in spec["models"]
         for encoder in dataset_encoders(dataset)
         if accepts(config["encoders"][encoder], config["models"][model], spec["kind"])
+        and model in config["encoders"][encoder].get("models", [model])
     ]
 
 
 def encoder_inputs(wildcards):
-    """Extra files an encoder kind needs (none for ridge), by name."""
+    """Extra files an encoder kind needs (none for ridge), by name: an incontext encoder takes
+    the checkpoint meta-trained on the dataset's other subjects."""
+    if config["encoders"][wildcards.encoder].get("kind") == "incontext":
+        return {
+            "checkpoint": (
+                f"results/incontext/{wildcards.dataset}/{wildcards.model}/"
+                f"{wildcards.encoder}/heldout-{wildcards.subject}.pt"
+            )
+        }
     return {}
+
+
+def incontext_training_responses(dataset, subject):
+    """Responses of every subject of a dataset but the held-out one (meta-training)."""
+    others = [s for s in DATASETS[dataset]["subjects"] if s != subject]
+    return [responses_path(dataset, s) for s in others]
+
+
+def incontext_ridge_spec():
+    """Parameters of the config's first ridge encoder: the baseline of the scaling curve."""
+    for spec in config["encoders"].values():
+        if spec.get("kind", "ridge") == "ridge":
+            return {k: v for k, v in spec.items() if k not in ("kind", "layers")}
+    return {}
+
+
+def incontext_tables(subject):
+    """Scaling (and, with a decoding section, decoding) tables of a subject's incontext fits."""
+    out = []
+    for dataset, spec in DATASETS.items():
+        if subject not in spec["subjects"]:
+            continue
+        for model, encoder in dataset_pairs(dataset):
+            enc = config["encoders"][encoder]
+            if enc.get("kind") != "incontext":
+                continue
+            base = f"results/sub-{subject}/{dataset}/{model}/{encoder}"
+            out.append(f"{base}/fewshot.tsv")
+            if enc.get("decoding"):
+                out.append(f"{base}/decoding.tsv")
+    return out
 
 
 def encoder_input_args(wildcards, input):

@@ -5,6 +5,7 @@ rule report:
     input:
         scores=lambda wildcards: subject_scores(wildcards.subject),
         attention=lambda wildcards: subject_attention(wildcards.subject),
+        incontext=lambda wildcards: incontext_tables(wildcards.subject),
     output:
         report(
             "results/sub-{subject}/report.html",
@@ -29,4 +30,5 @@ rule report:
     shell:
         "alignment report --subject {wildcards.subject} --scores {input.scores}"
         " --attention {input.attention}"
+        " --incontext-tables {input.incontext}"
         " --config-json {params.config} {params.truth} --out {output} > {log} 2>&1"
