@@ -50,13 +50,25 @@ def feature_widths(stores: Iterable[str | os.PathLike]) -> dict[str, int]:
 
 
 def _peaks_table(peaks: pd.DataFrame) -> str:
-    heads = ["model · encoder", "family", "params", "instruction-tuned", "trained",
-             "layers", "width", "peak layer", "peak mean r", "peak r − null",
-             "peak relative depth [95% CI]", "subjects best at peak"]  # fmt: skip
+    heads = [
+        "model · encoder",
+        "family",
+        "params",
+        "instruction-tuned",
+        "trained",
+        "layers",
+        "width",
+        "peak layer",
+        "peak mean r",
+        "peak r − null",
+        "peak relative depth [95% CI]",
+        "subjects best at peak",
+    ]
     out = []
     for roi, frame in peaks.groupby("roi", sort=False):
-        out.append(f"<table><caption>{_e(roi)}: peak of each model (group mean over subjects)."
-                   "</caption>")  # fmt: skip
+        out.append(
+            f"<table><caption>{_e(roi)}: peak of each model (group mean over subjects).</caption>"
+        )
         out.append("<tr>" + "".join(f"<th>{_e(h)}</th>" for h in heads) + "</tr>")
         for row in frame.sort_values("r", ascending=False).itertuples(index=False):
             params = f"{float(row.params):.3g}" if row.params is not None else "—"
@@ -79,8 +91,18 @@ def _peaks_table(peaks: pd.DataFrame) -> str:
 
 def _pairs_table(diffs: pd.DataFrame, alpha: float) -> str:
     out = ["<table><caption>Pairwise differences (two-sided), paired across subjects.</caption>"]
-    heads = ["a", "b", "encoder", "ROI", "subjects", "a: r − null", "b: r − null",
-             "a − b [95% CI]", "p", "q"]  # fmt: skip
+    heads = [
+        "a",
+        "b",
+        "encoder",
+        "ROI",
+        "subjects",
+        "a: r − null",
+        "b: r − null",
+        "a − b [95% CI]",
+        "p",
+        "q",
+    ]
     out.append("<tr>" + "".join(f"<th>{_e(h)}</th>" for h in heads) + "</tr>")
     for row in diffs.itertuples(index=False):
         cls = "num sig" if row.significant else "num"
@@ -156,14 +178,14 @@ def render_compare_report(
         "subjects.</p></div>"
     )
     if csv_href:
-        body.append(f'<p>Tidy table of every subject, model, layer and ROI: <a href="'
-                    f'{_e(csv_href)}">{_e(csv_href)}</a>.</p>')  # fmt: skip
+        body.append(
+            f'<p>Tidy table of every subject, model, layer and ROI: <a href="'
+            f'{_e(csv_href)}">{_e(csv_href)}</a>.</p>'
+        )
     body.append("<h2>All models on one depth axis</h2>")
     body.append(
         _figure(
-            plot_depth_profiles(
-                stats, peaks, f"{dataset}: mean r against relative depth, n = {n}"
-            ),  # fmt: skip
+            plot_depth_profiles(stats, peaks, f"{dataset}: mean r against relative depth, n = {n}"),
             "Layer profiles of every model on the relative-depth axis: mean r over subjects "
             "with its 95% CI; triangles mark each model's peak depth (refined between layers); "
             "red dashed lines are untrained or random-feature baselines (dotted: single layer).",
@@ -197,14 +219,15 @@ def render_compare_report(
             )
         )
     else:
-        body.append('<p class="note">No pair to test: list pairs in config as '
-                    "<code>compare: [[model_a, model_b]]</code>.</p>")  # fmt: skip
+        body.append(
+            '<p class="note">No pair to test: list pairs in config as '
+            "<code>compare: [[model_a, model_b]]</code>.</p>"
+        )
     for note in notes:
         body.append(f'<p class="note">{_e(note)}.</p>')
     body.append('<h2 id="provenance">Provenance</h2>')
     body.append("<table><tr><th>package</th><th>version</th></tr>")
-    body.extend(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>"
-                for k, v in package_versions().items())  # fmt: skip
+    body.extend(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in package_versions().items())
     body.append("</table>")
     body.append(f"<h3>Group statistics</h3><pre>{_e(_dump_config(spec))}</pre>")
     if config:

@@ -131,8 +131,9 @@ def group_maps(items: Iterable, group: Mapping | None = None) -> xr.Dataset | No
             return None
         s = brainmaps._sorted_by_layer(s)
         space = str(s.attrs.get("space", ""))
-        index = pd.MultiIndex.from_arrays([s[dims.HEMI].values.astype(str),
-                                           s[dims.VERTEX].values.astype(int)])  # fmt: skip
+        index = pd.MultiIndex.from_arrays(
+            [s[dims.HEMI].values.astype(str), s[dims.VERTEX].values.astype(int)]
+        )
         r = s[dims.R].transpose(dims.LAYER, dims.VOXEL).values.astype(float)
         null = (
             s[dims.R_NULL_MEAN].transpose(dims.LAYER, dims.VOXEL).values.astype(float)
@@ -234,8 +235,11 @@ def _maps_html(maps: xr.Dataset, label: str, alpha: float, dpi: int) -> str:
 
 def _stats_table(stats: pd.DataFrame, alpha: float) -> str:
     layers = stats.sort_values("layer_index")["layer"].drop_duplicates().tolist()
-    out = ["<table>", "<caption>Group mean of r − null per ROI and layer (q of the group test "
-           f"in small print; green: q &lt; {alpha:g}).</caption>"]  # fmt: skip
+    out = [
+        "<table>",
+        "<caption>Group mean of r − null per ROI and layer (q of the group test "
+        f"in small print; green: q &lt; {alpha:g}).</caption>",
+    ]
     out.append("<tr><th>ROI</th>" + "".join(f"<th>{_e(x)}</th>" for x in layers) + "</tr>")
     for roi, frame in stats.groupby("roi", sort=False):
         frame = frame.set_index("layer")
@@ -253,9 +257,17 @@ def _stats_table(stats: pd.DataFrame, alpha: float) -> str:
 
 
 def _best_table(best: pd.DataFrame, stats: pd.DataFrame, planted, alpha: float) -> str:
-    heads = ["ROI", "best layer", "subjects best there", "bootstrap 95% interval",
-             "peak relative depth", "mean r", "mean r − null", "q at best",
-             f"subjects with ROI p &lt; {alpha:g}"]  # fmt: skip
+    heads = [
+        "ROI",
+        "best layer",
+        "subjects best there",
+        "bootstrap 95% interval",
+        "peak relative depth",
+        "mean r",
+        "mean r − null",
+        "q at best",
+        f"subjects with ROI p &lt; {alpha:g}",
+    ]
     if planted is not None:
         heads += ["planted", "recovered"]
     out = ["<table>", "<caption>Best layer across subjects.</caption>"]
@@ -288,18 +300,33 @@ def _best_table(best: pd.DataFrame, stats: pd.DataFrame, planted, alpha: float) 
                 cells.append('<td class="low">not planted</td><td class="low"></td>')
             else:
                 ok = want == row.best_layer
-                cells.append(f'<td>{_e(want)}</td><td class="{"ok" if ok else "bad"}">'
-                             f'{"yes" if ok else "no"}</td>')  # fmt: skip
+                cells.append(
+                    f'<td>{_e(want)}</td><td class="{"ok" if ok else "bad"}">'
+                    f"{'yes' if ok else 'no'}</td>"
+                )
         out.append("<tr>" + "".join(cells) + "</tr>")
     out.append("</table>")
     return "\n".join(out)
 
 
 def _diff_table(diffs: pd.DataFrame, alpha: float) -> str:
-    out = ["<table>", "<caption>Model minus baseline, paired across subjects (one-sided: the "
-           "model scores higher).</caption>"]  # fmt: skip
-    heads = ["model", "baseline", "encoder", "ROI", "subjects", "model r − null",
-             "baseline r − null", "difference [95% CI]", "p", "q"]  # fmt: skip
+    out = [
+        "<table>",
+        "<caption>Model minus baseline, paired across subjects (one-sided: the "
+        "model scores higher).</caption>",
+    ]
+    heads = [
+        "model",
+        "baseline",
+        "encoder",
+        "ROI",
+        "subjects",
+        "model r − null",
+        "baseline r − null",
+        "difference [95% CI]",
+        "p",
+        "q",
+    ]
     out.append("<tr>" + "".join(f"<th>{_e(h)}</th>" for h in heads) + "</tr>")
     for row in diffs.itertuples(index=False):
         cls = "num sig" if row.significant else "num"
@@ -325,16 +352,27 @@ def region_selection(table: pd.DataFrame, stats_spec: Mapping | None = None) -> 
     spec = _spec(stats_spec)
     rows = []
     for key, frame in table.groupby(_FIT, sort=False):
-        cube, subjects, rois, layers = _cube(frame, _delta(frame))
+        cube, _subjects, rois, _layers = _cube(frame, _delta(frame))
         for i, roi in enumerate(rois):
             values, _ = loso_selected(cube[:, i, :])
-            res = group_test(values[:, None], test=spec["test"],
-                             n_permutations=int(spec["n_permutations"]),
-                             random_state=spec["random_state"])  # fmt: skip
-            rows.append({"fit": f"{key[1]} · {key[2]}", "roi": roi,
-                         "baseline": frame["baseline"].iloc[0], "mean": res.mean[0],
-                         "ci_low": res.ci_low[0], "ci_high": res.ci_high[0], "p": res.p[0],
-                         "values": values.tolist()})  # fmt: skip
+            res = group_test(
+                values[:, None],
+                test=spec["test"],
+                n_permutations=int(spec["n_permutations"]),
+                random_state=spec["random_state"],
+            )
+            rows.append(
+                {
+                    "fit": f"{key[1]} · {key[2]}",
+                    "roi": roi,
+                    "baseline": frame["baseline"].iloc[0],
+                    "mean": res.mean[0],
+                    "ci_low": res.ci_low[0],
+                    "ci_high": res.ci_high[0],
+                    "p": res.p[0],
+                    "values": values.tolist(),
+                }
+            )
     out = pd.DataFrame(rows)
     if len(out):
         out["q"] = fdr_bh(out["p"].to_numpy(float))
@@ -344,13 +382,20 @@ def region_selection(table: pd.DataFrame, stats_spec: Mapping | None = None) -> 
 
 def _test_text(spec: Mapping, n_subjects: int) -> str:
     if spec["test"] == "t-test":
-        return ("One-sided one-sample t-test across subjects of r − null against 0 (asked for in "
-                "config <code>group.test</code>).")  # fmt: skip
+        return (
+            "One-sided one-sample t-test across subjects of r − null against 0 (asked for in "
+            "config <code>group.test</code>)."
+        )
     exact = 2**n_subjects <= int(spec["n_permutations"])
-    how = (f"all {2**n_subjects} sign patterns (exact)" if exact
-           else f"{int(spec['n_permutations'])} random sign patterns")  # fmt: skip
-    return (f"Sign-flip permutation test across subjects of r − null (one-sided, {how}): under "
-            "the null hypothesis each subject's r − null is symmetric around 0.")  # fmt: skip
+    how = (
+        f"all {2**n_subjects} sign patterns (exact)"
+        if exact
+        else f"{int(spec['n_permutations'])} random sign patterns"
+    )
+    return (
+        f"Sign-flip permutation test across subjects of r − null (one-sided, {how}): under "
+        "the null hypothesis each subject's r − null is symmetric around 0."
+    )
 
 
 def render_group_report(
@@ -396,8 +441,9 @@ def render_group_report(
     fits = [f for f in index_scores(scores_list) if f.dataset == dataset]
     first = fits[0].attrs if fits else {}
     alpha_attr = first.get("fdr_alpha")
-    spec = _spec({**({"alpha": float(alpha_attr)} if alpha_attr is not None else {}),
-                  **(group or {})})  # fmt: skip
+    spec = _spec(
+        {**({"alpha": float(alpha_attr)} if alpha_attr is not None else {}), **(group or {})}
+    )
     alpha = float(spec["alpha"])
 
     frames, maps = [], {}
@@ -437,8 +483,11 @@ def render_group_report(
     body.append(f'<div class="howto"><b>How to read this report.</b>{how}</div>')
 
     toc = ['<div class="toc"><b>Contents</b><ul><li><a href="#answer">Answer</a></li>']
-    toc += [f'<li><a href="#{_slug("fit", f.model, f.encoder)}">{_e(f.label)}</a>'
-            f"{_badge(f.baseline)}</li>" for f in fits]  # fmt: skip
+    toc += [
+        f'<li><a href="#{_slug("fit", f.model, f.encoder)}">{_e(f.label)}</a>'
+        f"{_badge(f.baseline)}</li>"
+        for f in fits
+    ]
     toc.append('<li><a href="#baselines">Models against baselines</a></li>')
     toc.append('<li><a href="#subjects">Per-subject reports</a></li>')
     toc.append('<li><a href="#provenance">Provenance</a></li></ul></div>')
@@ -449,23 +498,32 @@ def render_group_report(
     if len(best):
         rois = list(dict.fromkeys(best["roi"]))
         any_planted = None
-        out = ["<table>", "<caption>Group best layer (subjects best there), mean r and the "
-               f"group q at that layer; green: q &lt; {alpha:g}.</caption>"]  # fmt: skip
+        out = [
+            "<table>",
+            "<caption>Group best layer (subjects best there), mean r and the "
+            f"group q at that layer; green: q &lt; {alpha:g}.</caption>",
+        ]
         out.append("<tr><th>model · encoder</th>" + "".join(f"<th>{_e(r)}</th>" for r in rois))
         out.append("</tr>")
         for fit in fits:
             fb = best[(best.model == fit.model) & (best.encoder == fit.encoder)].set_index("roi")
             if fit.baseline != "control":
                 any_planted = any_planted or _planted(truth, dataset, fit.model)
-            cells = [f'<td><a href="#{_slug("fit", fit.model, fit.encoder)}">{_e(fit.label)}'
-                     f"</a>{_badge(fit.baseline)}</td>"]  # fmt: skip
+            cells = [
+                f'<td><a href="#{_slug("fit", fit.model, fit.encoder)}">{_e(fit.label)}'
+                f"</a>{_badge(fit.baseline)}</td>"
+            ]
             for roi in rois:
                 if roi not in fb.index or fb.loc[roi, "best_layer"] is None:
                     cells.append('<td class="low">n/a</td>')
                     continue
                 row = fb.loc[roi]
-                st = stats[(stats.model == fit.model) & (stats.encoder == fit.encoder)
-                           & (stats.roi == roi) & (stats.layer == row["best_layer"])]  # fmt: skip
+                st = stats[
+                    (stats.model == fit.model)
+                    & (stats.encoder == fit.encoder)
+                    & (stats.roi == roi)
+                    & (stats.layer == row["best_layer"])
+                ]
                 q = float(st["q"].iloc[0])
                 cls = "sig" if q < alpha else "low"
                 cells.append(
@@ -502,16 +560,20 @@ def render_group_report(
         planted = None if fit.baseline == "control" else _planted(truth, dataset, fit.model)
         cls = "model untrained" if fit.baseline else "model"
         body.append(f'<section class="{cls}" id="{_slug("fit", fit.model, fit.encoder)}">')
-        body.append(f"<h3>{_e(fit.model)}{_badge(fit.baseline)} <small>· {_e(fit.encoder)}"
-                    f"</small></h3>")  # fmt: skip
-        body.append(f'<div class="meta"><span><b>subjects:</b> {len(fit.subjects)}</span>'
-                    f"<span><b>null:</b> {_e(fit.attrs.get('null_kind', '?'))}</span>"
-                    f"<span><b>test:</b> {_e(spec['test'])}</span>"
-                    f"<span><b>FDR:</b> q &lt; {alpha:g} over ROIs × layers</span></div>")  # fmt: skip
+        body.append(
+            f"<h3>{_e(fit.model)}{_badge(fit.baseline)} <small>· {_e(fit.encoder)}</small></h3>"
+        )
+        body.append(
+            f'<div class="meta"><span><b>subjects:</b> {len(fit.subjects)}</span>'
+            f"<span><b>null:</b> {_e(fit.attrs.get('null_kind', '?'))}</span>"
+            f"<span><b>test:</b> {_e(spec['test'])}</span>"
+            f"<span><b>FDR:</b> q &lt; {alpha:g} over ROIs × layers</span></div>"
+        )
         body.append(_best_table(fb, fs, planted, alpha))
         label = f"{fit.label} · {dataset}"
-        fig = plot_group_profiles(fs, ft, fb, f"Group layer profiles: {label}, n = "
-                                  f"{len(fit.subjects)}", planted, alpha)  # fmt: skip
+        fig = plot_group_profiles(
+            fs, ft, fb, f"Group layer profiles: {label}, n = {len(fit.subjects)}", planted, alpha
+        )
         body.append(
             _figure(
                 fig,
@@ -540,8 +602,10 @@ def render_group_report(
         elif draw_maps:
             body.append('<p class="note">No group maps: they need at least 2 subjects.</p>')
         else:
-            body.append(f'<p class="note">No group maps: space {_e(space or "?")} is not a '
-                        "surface space the maps support; see the per-region chart.</p>")  # fmt: skip
+            body.append(
+                f'<p class="note">No group maps: space {_e(space or "?")} is not a '
+                "surface space the maps support; see the per-region chart.</p>"
+            )
         body.append("</section>")
 
     body.append('<h2 id="baselines">Models against baselines</h2>')
@@ -558,22 +622,24 @@ def render_group_report(
             )
         )
     else:
-        body.append('<p class="note">No model has an untrained or random-feature control in '
-                    "this dataset with the same encoder.</p>")  # fmt: skip
+        body.append(
+            '<p class="note">No model has an untrained or random-feature control in '
+            "this dataset with the same encoder.</p>"
+        )
 
     body.append('<h2 id="subjects">Per-subject reports</h2><ul>')
     for s in subjects:
         link = (subject_reports or {}).get(s)
-        body.append(f'<li><a href="{_e(link)}">sub-{_e(s)}</a></li>' if link
-                    else f"<li>sub-{_e(s)}</li>")  # fmt: skip
+        body.append(
+            f'<li><a href="{_e(link)}">sub-{_e(s)}</a></li>' if link else f"<li>sub-{_e(s)}</li>"
+        )
     body.append("</ul>")
 
     body.append('<h2 id="provenance">Provenance</h2>')
     hashes = sorted({str(f.attrs.get("config_hash")) for f in fits if "config_hash" in f.attrs})
     body.append(f"<p><b>config hash(es):</b> <code>{_e(', '.join(hashes) or 'n/a')}</code></p>")
     body.append("<table><tr><th>package</th><th>version</th></tr>")
-    body.extend(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>"
-                for k, v in package_versions().items())  # fmt: skip
+    body.extend(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in package_versions().items())
     body.append("</table>")
     body.append(f"<h3>Group statistics</h3><pre>{_e(_dump_config(spec))}</pre>")
     if config:

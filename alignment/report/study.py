@@ -226,8 +226,11 @@ def index_scores(items: Iterable) -> list[Fit]:
     fits: dict[tuple, Fit] = {}
     for item in items:
         a = _attrs_of(item)
-        key = (str(a.get("dataset", "dataset")), str(a.get("model", "model")),
-               str(a.get("encoder", "encoder")))  # fmt: skip
+        key = (
+            str(a.get("dataset", "dataset")),
+            str(a.get("model", "model")),
+            str(a.get("encoder", "encoder")),
+        )
         fit = fits.get(key)
         if fit is None:
             fit = fits[key] = Fit(*key, baseline=baseline_kind(a), attrs=a)
@@ -309,7 +312,7 @@ def group_layer_stats(table: pd.DataFrame, group: Mapping | None = None) -> pd.D
     spec = _spec(group)
     rows = []
     for key, frame in table.groupby(_FIT, sort=False):
-        delta, subjects, rois, layers = _cube(frame, _delta(frame))
+        delta, _subjects, rois, layers = _cube(frame, _delta(frame))
         r = _cube(frame, "r")[0]
         res = group_test(
             delta,
@@ -331,8 +334,11 @@ def group_layer_stats(table: pd.DataFrame, group: Mapping | None = None) -> pd.D
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
-                c_low, c_mean, c_high = (np.nanmin(ceil, 0), np.nanmean(ceil, 0),
-                                         np.nanmax(ceil, 0))  # fmt: skip
+                c_low, c_mean, c_high = (
+                    np.nanmin(ceil, 0),
+                    np.nanmean(ceil, 0),
+                    np.nanmax(ceil, 0),
+                )
         for i, roi in enumerate(rois):
             for j, layer in enumerate(layers):
                 rows.append(
@@ -384,7 +390,7 @@ def best_layer_stats(table: pd.DataFrame, group: Mapping | None = None) -> pd.Da
     rng = np.random.default_rng(spec["random_state"])
     rows = []
     for key, frame in table.groupby(_FIT, sort=False):
-        delta, subjects, rois, layers = _cube(frame, _delta(frame))
+        delta, _subjects, rois, layers = _cube(frame, _delta(frame))
         r = _cube(frame, "r")[0]
         p = _cube(frame, "p")[0]
         depth = np.nanmean(_cube(frame, "relative_depth")[0], axis=(0, 1))
@@ -403,9 +409,6 @@ def best_layer_stats(table: pd.DataFrame, group: Mapping | None = None) -> pd.Da
             else:
                 d_low = d_high = d_peak = np.nan
 
-            def name(pos):
-                return layers[int(round(pos))] if np.isfinite(pos) else None
-
             rows.append(
                 {
                     "dataset": key[0],
@@ -419,8 +422,8 @@ def best_layer_stats(table: pd.DataFrame, group: Mapping | None = None) -> pd.Da
                     "n_best": int(cons.counts[b]) if b >= 0 else 0,
                     "n_subjects": cons.n_subjects,
                     "counts": cons.counts.tolist(),
-                    "ci_low_layer": name(cons.ci_low),
-                    "ci_high_layer": name(cons.ci_high),
+                    "ci_low_layer": _layer_at(layers, cons.ci_low),
+                    "ci_high_layer": _layer_at(layers, cons.ci_high),
                     "ci_low_index": cons.ci_low,
                     "ci_high_index": cons.ci_high,
                     "bootstrap_share": cons.bootstrap_share,
@@ -437,6 +440,10 @@ def best_layer_stats(table: pd.DataFrame, group: Mapping | None = None) -> pd.Da
                 }
             )
     return pd.DataFrame(rows)
+
+
+def _layer_at(layers: list[str], position: float) -> str | None:
+    return layers[round(position)] if np.isfinite(position) else None
 
 
 def baseline_pairs(table: pd.DataFrame, models: Mapping | None = None) -> list[tuple]:
@@ -600,9 +607,9 @@ def model_peaks(
     for prop in MODEL_PROPERTIES:
         best[prop] = [(models.get(m) or {}).get(prop) for m in best["model"]]
     best["trained"] = [
-        t if t is not None else (b == "") for t, b in zip(best["trained"], best["baseline"],
-                                                          strict=True)
-    ]  # fmt: skip
+        t if t is not None else (b == "")
+        for t, b in zip(best["trained"], best["baseline"], strict=True)
+    ]
     best["width"] = [widths.get(m) for m in best["model"]]
     return best
 

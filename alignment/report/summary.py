@@ -56,15 +56,24 @@ def group_summary_lines(
             if row.best_layer is None:
                 lines.append(f"{head} | {row.roi}: no finite r")
                 continue
-            st = stats[(stats.model == row.model) & (stats.encoder == row.encoder)
-                       & (stats.roi == row.roi) & (stats.layer == row.best_layer)].iloc[0]  # fmt: skip
+            st = stats[
+                (stats.model == row.model)
+                & (stats.encoder == row.encoder)
+                & (stats.roi == row.roi)
+                & (stats.layer == row.best_layer)
+            ].iloc[0]
             interval = (
                 row.ci_low_layer
                 if row.ci_low_layer == row.ci_high_layer
                 else f"{row.ci_low_layer}..{row.ci_high_layer}"
             )
-            n_sig = int(stats[(stats.model == row.model) & (stats.encoder == row.encoder)
-                              & (stats.roi == row.roi)]["significant"].sum())  # fmt: skip
+            n_sig = int(
+                stats[
+                    (stats.model == row.model)
+                    & (stats.encoder == row.encoder)
+                    & (stats.roi == row.roi)
+                ]["significant"].sum()
+            )
             verdict = "SIGNIFICANT" if st["q"] < alpha else "n.s."
             lines.append(
                 f"{head} | {row.roi}: best {row.best_layer} in {row.n_best}/{row.n_subjects} "

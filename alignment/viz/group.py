@@ -71,28 +71,45 @@ def plot_group_profiles(
         s = stats[stats["roi"] == roi].sort_values("layer_index")
         names = s["layer"].tolist()
         x = np.arange(len(names))
-        ax.fill_between(x, s["r_ceiling_low"], s["r_ceiling_high"], color="#fee0b6", lw=0,
-                        label="noise ceiling (√NC, range)")  # fmt: skip
+        ax.fill_between(
+            x,
+            s["r_ceiling_low"],
+            s["r_ceiling_high"],
+            color="#fee0b6",
+            lw=0,
+            label="noise ceiling (√NC, range)",
+        )
         ax.plot(x, s["r_ceiling"], color="#e08214", lw=0.8, ls="-.")
         ax.plot(x, s["r_null_p95"], color="0.45", lw=1.0, ls="--", label="null 95th pct.")
         sub = table[table["roi"] == roi]
         for _subject, frame in sub.groupby("subject", sort=False):
             frame = frame.set_index("layer").reindex(names)
             ax.plot(x, frame["r"], color=colour, lw=0.7, alpha=0.22)
-        ax.fill_between(x, s["r_ci_low"], s["r_ci_high"], color=colour, alpha=0.2, lw=0,
-                        label="95% CI")  # fmt: skip
+        ax.fill_between(
+            x, s["r_ci_low"], s["r_ci_high"], color=colour, alpha=0.2, lw=0, label="95% CI"
+        )
         ax.plot(x, s["r"], color=colour, lw=1.8, label="mean r")
         sig = s["significant"].to_numpy(bool)
-        ax.scatter(x[sig], s["r"].to_numpy()[sig], s=18, color=colour, zorder=4,
-                   label=f"q < {alpha:g}")  # fmt: skip
-        ax.scatter(x[~sig], s["r"].to_numpy()[~sig], s=18, facecolor="white", edgecolor=colour,
-                   zorder=4, label="n.s.")  # fmt: skip
+        ax.scatter(
+            x[sig], s["r"].to_numpy()[sig], s=18, color=colour, zorder=4, label=f"q < {alpha:g}"
+        )
+        ax.scatter(
+            x[~sig],
+            s["r"].to_numpy()[~sig],
+            s=18,
+            facecolor="white",
+            edgecolor=colour,
+            zorder=4,
+            label="n.s.",
+        )
         b = best[best["roi"] == roi]
         if len(b) and b["best_index"].iloc[0] >= 0:
             bi = int(b["best_index"].iloc[0])
             ax.plot([bi], [s["r"].to_numpy()[bi]], marker="*", ms=12, color="#e08214", zorder=5)
-            head = (f"{roi}: best {names[bi]} in {int(b['n_best'].iloc[0])}/"
-                    f"{int(b['n_subjects'].iloc[0])}")  # fmt: skip
+            head = (
+                f"{roi}: best {names[bi]} in {int(b['n_best'].iloc[0])}/"
+                f"{int(b['n_subjects'].iloc[0])}"
+            )
         else:
             head = f"{roi}: no finite r"
         if planted and roi in planted and planted[roi] in names:
@@ -126,12 +143,24 @@ def plot_best_layer_counts(best: pd.DataFrame, title: str = "") -> Figure:
     for i in range(len(rois)):
         for j in range(len(layers)):
             value = int(counts[i, j])
-            ax.text(j, i, str(value), ha="center", va="center", fontsize=7.5,
-                    color="white" if value > n / 2 else "0.2")  # fmt: skip
+            ax.text(
+                j,
+                i,
+                str(value),
+                ha="center",
+                va="center",
+                fontsize=7.5,
+                color="white" if value > n / 2 else "0.2",
+            )
         row = best.iloc[i]
         if np.isfinite(row["ci_low_index"]):
-            ax.plot([row["ci_low_index"] - 0.4, row["ci_high_index"] + 0.4], [i + 0.38, i + 0.38],
-                    color="#e08214", lw=2.5, solid_capstyle="butt")  # fmt: skip
+            ax.plot(
+                [row["ci_low_index"] - 0.4, row["ci_high_index"] + 0.4],
+                [i + 0.38, i + 0.38],
+                color="#e08214",
+                lw=2.5,
+                solid_capstyle="butt",
+            )
         if row["best_index"] >= 0:
             ax.plot([row["best_index"]], [i - 0.3], marker="*", ms=8, color="#e08214")
     ax.set_yticks(range(len(rois)))
@@ -169,11 +198,11 @@ def plot_region_chart(selected: pd.DataFrame, title: str = "", alpha: float = 0.
             k_model += 1
         x = np.arange(len(rois)) + (k - (len(fits) - 1) / 2) * width
         mean = rows["mean"].to_numpy(float)
-        err = np.vstack([mean - rows["ci_low"].to_numpy(float),
-                         rows["ci_high"].to_numpy(float) - mean])  # fmt: skip
+        err = np.vstack(
+            [mean - rows["ci_low"].to_numpy(float), rows["ci_high"].to_numpy(float) - mean]
+        )
         ax.bar(x, mean, width * 0.9, color=colour, alpha=0.75, label=fit)
-        ax.errorbar(x, mean, yerr=np.nan_to_num(err), fmt="none", ecolor="0.2", lw=0.9,
-                    capsize=2)  # fmt: skip
+        ax.errorbar(x, mean, yerr=np.nan_to_num(err), fmt="none", ecolor="0.2", lw=0.9, capsize=2)
         for xi, values, sig in zip(x, rows["values"], rows["significant"], strict=True):
             if isinstance(values, list | np.ndarray):
                 v = np.asarray(values, dtype=float)
@@ -195,8 +224,9 @@ def plot_region_chart(selected: pd.DataFrame, title: str = "", alpha: float = 0.
 def plot_paired_differences(diffs: pd.DataFrame, title: str = "") -> Figure:
     """One panel per (model a, model b, encoder): per ROI the mean paired difference with its
     95% CI, each subject as a dot, and a star where q < alpha."""
-    keys = list(dict.fromkeys(zip(diffs["model_a"], diffs["model_b"], diffs["encoder"],
-                                  strict=True)))  # fmt: skip
+    keys = list(
+        dict.fromkeys(zip(diffs["model_a"], diffs["model_b"], diffs["encoder"], strict=True))
+    )
     fig, axes = _grid(len(keys), n_cols=2, w=4.4, h=2.6)
     for ax, (a, b, enc) in zip(axes, keys, strict=False):
         d = diffs[(diffs.model_a == a) & (diffs.model_b == b) & (diffs.encoder == enc)]
@@ -256,8 +286,14 @@ def plot_depth_profiles(stats: pd.DataFrame, peaks: pd.DataFrame, title: str = "
             p = peaks[(peaks.roi == roi) & (peaks.model == fit[0]) & (peaks.encoder == fit[1])]
             if len(p) and np.isfinite(p["peak_depth"].iloc[0]):
                 d = float(p["peak_depth"].iloc[0])
-                ax.plot([d], [np.interp(d, x, s["r"].to_numpy(float))], marker="v", ms=8,
-                        color=colour, zorder=5)  # fmt: skip
+                ax.plot(
+                    [d],
+                    [np.interp(d, x, s["r"].to_numpy(float))],
+                    marker="v",
+                    ms=8,
+                    color=colour,
+                    zorder=5,
+                )
         ax.axhline(0, color="0.6", lw=0.6)
         ax.set_xlim(-0.03, 1.03)
         ax.set_xlabel("relative depth (0 = input, 1 = last layer)", fontsize=7.5)
@@ -289,8 +325,10 @@ def plot_peak_scatter(peaks: pd.DataFrame, title: str = "") -> Figure:
     fam_colour = {f: palette[i % len(palette)] for i, f in enumerate(families)}
     for (ax_r, ax_d), roi in zip(axes, rois, strict=False):
         p = peaks[peaks["roi"] == roi]
-        for ax, ycol, ylabel in ((ax_r, "r", "peak mean r"), (ax_d, "peak_depth",
-                                                             "peak relative depth")):  # fmt: skip
+        for ax, ycol, ylabel in (
+            (ax_r, "r", "peak mean r"),
+            (ax_d, "peak_depth", "peak relative depth"),
+        ):
             for row in p.itertuples(index=False):
                 x = getattr(row, xcol)
                 if x is None or not np.isfinite(float(x)):
@@ -301,21 +339,30 @@ def plot_peak_scatter(peaks: pd.DataFrame, title: str = "") -> Figure:
                 else:
                     colour = fam_colour[row.family if row.family is not None else "?"]
                     face = "white" if row.instruction_tuned else colour
-                    ax.scatter([x], [y], s=32, facecolor=face, edgecolor=colour, lw=1.4,
-                               zorder=4)  # fmt: skip
-                ax.annotate(row.model, (x, y), fontsize=6, xytext=(3, 3),
-                            textcoords="offset points")  # fmt: skip
+                    ax.scatter([x], [y], s=32, facecolor=face, edgecolor=colour, lw=1.4, zorder=4)
+                ax.annotate(
+                    row.model, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points"
+                )
             for base, tuned in instruct_pairs(p):
                 xs = [float(base[xcol]), float(tuned[xcol])]
                 ys = [float(base[ycol]), float(tuned[ycol])]
                 ax.plot(xs, ys, color="0.4", lw=0.9, zorder=3)
             if ycol == "peak_depth":
                 ax.errorbar(
-                    p[xcol].astype(float), p["peak_depth"],
-                    yerr=np.nan_to_num(np.vstack([p["peak_depth"] - p["peak_depth_ci_low"],
-                                                  p["peak_depth_ci_high"] - p["peak_depth"]])),
-                    fmt="none", ecolor="0.6", lw=0.7,
-                )  # fmt: skip
+                    p[xcol].astype(float),
+                    p["peak_depth"],
+                    yerr=np.nan_to_num(
+                        np.vstack(
+                            [
+                                p["peak_depth"] - p["peak_depth_ci_low"],
+                                p["peak_depth_ci_high"] - p["peak_depth"],
+                            ]
+                        )
+                    ),
+                    fmt="none",
+                    ecolor="0.6",
+                    lw=0.7,
+                )
                 ax.set_ylim(-0.05, 1.05)
             if use_params:
                 ax.set_xscale("log")
