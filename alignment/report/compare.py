@@ -71,14 +71,15 @@ def _peaks_table(peaks: pd.DataFrame) -> str:
         )
         out.append("<tr>" + "".join(f"<th>{_e(h)}</th>" for h in heads) + "</tr>")
         for row in frame.sort_values("r", ascending=False).itertuples(index=False):
-            params = f"{float(row.params):.3g}" if row.params is not None else "—"
+            params = f"{float(row.params):.3g}" if pd.notna(row.params) else "—"
+            family = row.family if isinstance(row.family, str) else "—"
             out.append(
                 f"<tr><td>{_e(row.model)} · {_e(row.encoder)}{_badge(row.baseline)}</td>"
-                f"<td>{_e(row.family or '—')}</td><td class='num'>{params}</td>"
+                f"<td>{_e(family)}</td><td class='num'>{params}</td>"
                 f"<td>{_e({True: 'yes', False: 'no'}.get(row.instruction_tuned, '—'))}</td>"
                 f"<td>{'yes' if row.trained else 'no'}</td>"
                 f"<td class='num'>{row.n_layers}</td>"
-                f"<td class='num'>{_e(row.width if row.width is not None else '—')}</td>"
+                f"<td class='num'>{_e(int(row.width) if pd.notna(row.width) else '—')}</td>"
                 f"<td>{_e(row.best_layer)}</td><td class='num'>{_num(row.r)}</td>"
                 f"<td class='num'>{_num(row.delta)}</td>"
                 f"<td class='num'>{_num(row.peak_depth, 2)} [{_num(row.peak_depth_ci_low, 2)}, "

@@ -548,7 +548,7 @@ def render_group_report(
                     "Per-region chart: for every model, the mean over subjects of r − null at "
                     "the layer that is best on the other subjects (leave-one-subject-out), with "
                     "its 95% CI; dots are subjects; * marks a group test with q < "
-                    f"{alpha:g} (FDR over models × ROIs); red bars are baselines.",
+                    f"{alpha:g} (FDR over models × ROIs); red bars are random-feature controls.",
                     dpi,
                 )
             )

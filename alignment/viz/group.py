@@ -191,7 +191,8 @@ def plot_region_chart(selected: pd.DataFrame, title: str = "", alpha: float = 0.
     k_model = 0
     for k, fit in enumerate(fits):
         rows = selected[selected["fit"] == fit].set_index("roi").reindex(rois)
-        if str(rows["baseline"].dropna().iloc[0]) if rows["baseline"].notna().any() else "":
+        kind = rows["baseline"].dropna()
+        if len(kind) and kind.iloc[0] == "control":
             colour = _BASELINE_COLOUR
         else:
             colour = palette[k_model % len(palette)]
@@ -337,8 +338,8 @@ def plot_peak_scatter(peaks: pd.DataFrame, title: str = "") -> Figure:
                 if row.baseline:
                     ax.scatter([x], [y], marker="s", s=28, color=_BASELINE_COLOUR, zorder=4)
                 else:
-                    colour = fam_colour[row.family if row.family is not None else "?"]
-                    face = "white" if row.instruction_tuned else colour
+                    colour = fam_colour[row.family if isinstance(row.family, str) else "?"]
+                    face = "white" if row.instruction_tuned is True else colour
                     ax.scatter([x], [y], s=32, facecolor=face, edgecolor=colour, lw=1.4, zorder=4)
                 ax.annotate(
                     row.model, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points"
@@ -378,17 +379,21 @@ def plot_peak_scatter(peaks: pd.DataFrame, title: str = "") -> Figure:
 def instruct_pairs(peaks: pd.DataFrame) -> list[tuple[pd.Series, pd.Series]]:
     """(base, instruction-tuned) rows of the same family, parameter count and encoder."""
     out = []
-    rows = [r for _, r in peaks.iterrows() if r.get("family") is not None]
+    rows = [r for _, r in peaks.iterrows() if isinstance(r.get("family"), str)]
+
+    def same(a, b) -> bool:
+        return (pd.isna(a) and pd.isna(b)) or a == b
+
     for base in rows:
-        if base.get("instruction_tuned"):
+        if base.get("instruction_tuned") is True:
             continue
         for tuned in rows:
             if (
-                tuned.get("instruction_tuned")
+                tuned.get("instruction_tuned") is True
                 and tuned["family"] == base["family"]
                 and tuned["encoder"] == base["encoder"]
                 and tuned["roi"] == base["roi"]
-                and (tuned.get("params") == base.get("params"))
+                and same(tuned.get("params"), base.get("params"))
             ):
                 out.append((base, tuned))
     return out

@@ -2,21 +2,6 @@
 # every model of the dataset on a relative-depth axis, with the tidy comparison.csv.
 
 
-def dataset_scores(dataset):
-    """Scores of every subject and (model, encoder) pair of a dataset."""
-    return [
-        f"results/sub-{subject}/{dataset}/{model}/{encoder}/scores.nc"
-        for subject in DATASETS[dataset]["subjects"]
-        for model, encoder in dataset_pairs(dataset)
-    ]
-
-
-def all_group_reports():
-    return [f"results/group/{dataset}/report.html" for dataset in DATASETS] + [
-        f"results/compare/{dataset}/report.html" for dataset in DATASETS
-    ]
-
-
 rule group_report:
     input:
         scores=lambda wildcards: dataset_scores(wildcards.dataset),
