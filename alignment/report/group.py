@@ -35,7 +35,7 @@ from alignment.report.study import (
     roi_scores,
 )
 from alignment.viz import brainmaps
-from alignment.viz.brainmaps import figure_to_base64_png, plot_surface_map
+from alignment.viz.brainmaps import figure_to_base64_png, plot_brain_map
 from alignment.viz.group import (
     plot_best_layer_counts,
     plot_group_profiles,
@@ -104,14 +104,30 @@ def _planted(truth: Mapping | None, dataset: str, model: str) -> dict[str, str] 
     return out
 
 
+#: Attrs a map needs to be drawn (space, surface mesh, volume grid, background).
+_MAP_ATTRS = ("space", "mesh", "affine", "grid_shape", "anat")
+
+
+def _common_space_coords(scores: xr.Dataset) -> list[str] | None:
+    """The voxel coordinates that identify a location across subjects, or None when the
+    Scores are not in a common space (surfaces: hemi and vertex; MNI152 volumes: i, j, k)."""
+    kind = brainmaps.map_kind(scores)
+    if kind == "surface":
+        return [dims.HEMI, dims.VERTEX]
+    if kind == "volume" and str(scores.attrs.get("space")) == "MNI152":
+        return ["i", "j", "k"]
+    return None
+
+
 def group_maps(items: Iterable, group: Mapping | None = None) -> xr.Dataset | None:
     """Vertex-wise group statistics of one fit on the vertices every subject has.
 
     Parameters
     ----------
     items : iterable of Scores (objects or paths)
-        One fit (model, encoder) of every subject, in a surface space with ``hemi`` and
-        ``vertex`` coordinates.
+        One fit (model, encoder) of every subject, in a common space: a surface (``hemi``,
+        ``vertex``) or an MNI152 volume (``i, j, k`` with an affine); subjects are aligned on
+        those coordinates and the locations every subject has are kept.
     group : mapping, optional
         The ``group`` config section (test, n_permutations, alpha, random_state).
 
@@ -119,21 +135,20 @@ def group_maps(items: Iterable, group: Mapping | None = None) -> xr.Dataset | No
     -------
     xarray.Dataset or None
         (layer, voxel) ``r`` (mean over subjects), ``delta`` (mean r − null mean), ``p``
-        (test across subjects of delta > 0), ``q`` (FDR over layers × vertices), with ``hemi``
-        and ``vertex`` coordinates; attrs ``n_subjects`` and ``space``. None when the Scores
-        have no hemi/vertex coordinates.
+        (test across subjects of delta > 0), ``q`` (FDR over layers × locations), with the
+        location coordinates and the map attrs (space, mesh, affine...) and ``n_subjects``.
+        None when the Scores are not in a common space.
     """
     spec = _spec(group)
-    keys, r_list, d_list, names, space = None, [], [], None, None
+    keys, r_list, d_list, names, attrs, by = None, [], [], None, {}, None
     for item in items:
         s = item if isinstance(item, xr.Dataset) else read_netcdf(item)
-        if not {dims.HEMI, dims.VERTEX} <= set(s.coords):
+        by = _common_space_coords(s)
+        if by is None:
             return None
         s = brainmaps._sorted_by_layer(s)
-        space = str(s.attrs.get("space", ""))
-        index = pd.MultiIndex.from_arrays(
-            [s[dims.HEMI].values.astype(str), s[dims.VERTEX].values.astype(int)]
-        )
+        attrs = {k: s.attrs[k] for k in _MAP_ATTRS if k in s.attrs}
+        index = pd.MultiIndex.from_arrays([np.asarray(s[c].values) for c in by], names=by)
         r = s[dims.R].transpose(dims.LAYER, dims.VOXEL).values.astype(float)
         null = (
             s[dims.R_NULL_MEAN].transpose(dims.LAYER, dims.VOXEL).values.astype(float)
@@ -157,8 +172,7 @@ def group_maps(items: Iterable, group: Mapping | None = None) -> xr.Dataset | No
         random_state=spec["random_state"],
     )
     q = fdr_bh(res.p)
-    hemi = np.asarray(keys.get_level_values(0))
-    vertex = np.asarray(keys.get_level_values(1))
+    location = {c: (dims.VOXEL, np.asarray(keys.get_level_values(c))) for c in by}
     return xr.Dataset(
         {
             dims.R: ((dims.LAYER, dims.VOXEL), np.nanmean(r, axis=0)),
@@ -169,15 +183,13 @@ def group_maps(items: Iterable, group: Mapping | None = None) -> xr.Dataset | No
         coords={
             dims.LAYER: names,
             "layer_index": (dims.LAYER, np.arange(len(names))),
-            dims.HEMI: (dims.VOXEL, hemi),
-            dims.VERTEX: (dims.VOXEL, vertex),
+            **location,
         },
-        attrs={"n_subjects": len(r_list), "space": space, "fdr_alpha": spec["alpha"]},
+        attrs={**attrs, "n_subjects": len(r_list), "fdr_alpha": spec["alpha"]},
     )
 
 
 def _maps_html(maps: xr.Dataset, label: str, alpha: float, dpi: int) -> str:
-    space = str(maps.attrs.get("space"))
     names = [str(x) for x in maps[dims.LAYER].values]
     d = maps["delta"].values
     q = maps[dims.Q].values
@@ -186,14 +198,11 @@ def _maps_html(maps: xr.Dataset, label: str, alpha: float, dpi: int) -> str:
     sig_any = (q < alpha).any(axis=0) & finite.any(axis=0)
     cols = np.arange(d.shape[1])
     sig_best = (q[best, cols] < alpha) & sig_any
-    hemi, vertex = maps[dims.HEMI].values, maps[dims.VERTEX].values
     n = int(maps.attrs["n_subjects"])
     out = ['<div class="figs">']
-    fig = plot_surface_map(
+    fig = plot_brain_map(
         np.where(sig_any, best.astype(float), np.nan),
-        hemi,
-        vertex,
-        space=space,
+        maps,
         title=f"Group best layer per vertex (q < {alpha:g} in some layer), n = {n}\n{label}",
         categorical_labels=dict(enumerate(names)),
         colorbar_label="layer with the highest group mean r − null",
@@ -210,11 +219,9 @@ def _maps_html(maps: xr.Dataset, label: str, alpha: float, dpi: int) -> str:
     r_best = maps[dims.R].values[best, cols]
     shown = np.where(sig_best, r_best, np.nan)
     top = float(np.nanpercentile(shown, 99)) if sig_best.any() else 1.0
-    fig = plot_surface_map(
+    fig = plot_brain_map(
         shown,
-        hemi,
-        vertex,
-        space=space,
+        maps,
         title=f"Group mean r at each vertex's best layer, q < {alpha:g}, n = {n}\n{label}",
         cmap="inferno",
         vmin=0.0,
@@ -448,11 +455,12 @@ def render_group_report(
 
     frames, maps = [], {}
     space = str(first.get("space", ""))
-    draw_maps = space in brainmaps.SUPPORTED_SPACES
+    draw_maps = False
     for fit in fits:
         loaded = [s if isinstance(s, xr.Dataset) else read_netcdf(s) for s in fit.items]
         frames.extend(roi_scores(s) for s in loaded)
-        if draw_maps and len(loaded) >= 2:
+        draw_maps = draw_maps or _common_space_coords(loaded[0]) is not None
+        if _common_space_coords(loaded[0]) is not None and len(loaded) >= 2:
             result = group_maps(loaded, spec)
             if result is not None:
                 maps[fit.key] = result
