@@ -527,3 +527,25 @@ def test_chromium_check_sees_console_errors_and_broken_figures(tmp_path):
     check, errors = _render_in_chromium(bad)
     assert len(errors) >= 2 and any("boom" in e for e in errors)
     assert check == {"figures": 1, "captioned": 0, "decoded": 0, "title": "bad"}
+
+
+def test_config_schema_accepts_group_keys_and_checks_compare_names():
+    from pathlib import Path
+
+    import yaml
+
+    from alignment.config import check_config
+    from alignment.io import InputError
+
+    repo = Path(__file__).resolve().parents[1]
+    schema = repo / "workflow" / "schemas" / "config.schema.yaml"
+    config = yaml.safe_load((repo / "config.yaml").read_text())
+    assert config["group"]["test"] == "t-test" and config["compare"]
+    check_config(config, schema)
+    config["compare"] = [["minilm", "random-txt"]]
+    with pytest.raises(InputError, match=r"compare: 'random-txt' .*did you mean 'random-text'"):
+        check_config(config, schema)
+    config["compare"] = [["minilm"]]
+    config["group"] = {"test": "wilcoxon"}
+    with pytest.raises(InputError, match=r"group\.test"):
+        check_config(config, schema)
