@@ -33,6 +33,10 @@ setup: $(VENV)/.installed
 demo: setup
 	$(BIN)/snakemake --cores $(CORES)
 	@echo
+	@cat results/summary.txt
+	@echo
+	@echo "Group reports: $$(ls results/group/*/report.html | tr '\n' ' ')"
+	@echo "Model comparisons: $$(ls results/compare/*/report.html | tr '\n' ' ')"
 	@echo "Reports: $$(ls results/sub-*/report.html | tr '\n' ' ')"
 
 lint: setup

@@ -17,10 +17,12 @@ include: "workflow/rules/encoders.smk"
 include: "workflow/rules/scores.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/incontext.smk"
+include: "workflow/rules/group.smk"
 
 
 rule all:
     default_target: True
     input:
         all_reports(),
+        all_group_reports(),
         "results/summary.txt",

@@ -418,13 +418,60 @@ def cmd_report(args) -> None:
 
 
 def cmd_summary(args) -> None:
-    from alignment.io import read_netcdf, write_text
-    from alignment.report.tables import summary_lines
+    from alignment.io import write_text
+    from alignment.report.summary import study_summary_lines
 
-    lines = summary_lines([read_netcdf(p) for p in args.scores])
+    lines = study_summary_lines(args.scores, group=args.group, models=args.models)
     text = "\n".join(lines) + "\n"
     write_text(args.out, text)
     print(text, end="")
+
+
+def _subject_links(paths, out: str) -> dict[str, str]:
+    """sub-XX -> relative link from the report at ``out`` to each per-subject report."""
+    import os
+    import re
+
+    links = {}
+    for path in paths:
+        match = re.search(r"sub-([^/\\]+)", str(path))
+        if match:
+            links[match.group(1)] = os.path.relpath(path, Path(out).parent)
+    return links
+
+
+def cmd_group_report(args) -> None:
+    from alignment.io import read_json
+    from alignment.report.group import write_group_report
+
+    write_group_report(
+        args.out,
+        args.dataset,
+        args.scores,
+        args.group,
+        stats_out=args.stats_out,
+        config=args.config_json,
+        truth=read_json(args.truth) if args.truth else None,
+        subject_reports=_subject_links(args.subject_reports, args.out),
+    )
+    log.info("wrote the group report of %s to %s", args.dataset, args.out)
+
+
+def cmd_compare_report(args) -> None:
+    from alignment.report.compare import feature_widths, write_compare_report
+
+    write_compare_report(
+        args.out,
+        args.dataset,
+        args.scores,
+        args.group,
+        csv_out=args.csv_out,
+        models=args.config_json.get("models", {}),
+        compare=args.config_json.get("compare", []),
+        widths=feature_widths(args.features),
+        config=args.config_json,
+    )
+    log.info("wrote the model comparison of %s to %s", args.dataset, args.out)
 
 
 def _provenance() -> dict:
@@ -614,8 +661,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("summary", help="short summary of all scores, printed and saved")
     p.add_argument("--scores", nargs="+", required=True)
+    p.add_argument("--group", type=_json, default={}, help="group statistics section (JSON)")
+    p.add_argument("--models", type=_json, default={}, help="models section (JSON)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("group-report", help="group report of one dataset across subjects")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--scores", nargs="+", required=True, help="Scores of every subject and fit")
+    p.add_argument("--group", type=_json, default={}, help="group statistics section (JSON)")
+    p.add_argument("--config-json", type=_json, default={}, help="the run's config (JSON)")
+    p.add_argument("--truth", help="planted truth (demo)")
+    p.add_argument("--subject-reports", nargs="*", default=[], help="per-subject reports to link")
+    p.add_argument("--stats-out", help="CSV of the group statistics per ROI and layer")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_group_report)
+
+    p = sub.add_parser("compare-report", help="models of one dataset on one relative-depth axis")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--scores", nargs="+", required=True, help="Scores of every subject and fit")
+    p.add_argument("--features", nargs="*", default=[], help="features stores (feature width)")
+    p.add_argument("--group", type=_json, default={}, help="group statistics section (JSON)")
+    p.add_argument(
+        "--config-json", type=_json, default={}, help="the run's config (models, compare)"
+    )
+    p.add_argument("--csv-out", help="tidy comparison.csv")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_compare_report)
     return parser
 
 

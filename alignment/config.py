@@ -97,6 +97,14 @@ def check_config(config: dict, schema_path: str | Path, source: str = "config.ya
                 problems.append(
                     f"models.{name}: 'source' (local folder or Hugging Face id) is required"
                 )
+        for pair in config.get("compare", []):
+            for model in pair:
+                if model not in models:
+                    close = difflib.get_close_matches(model, list(models), n=1)
+                    problems.append(
+                        f"compare: {model!r} is not defined under models"
+                        + (f" (did you mean {close[0]!r}?)" if close else "")
+                    )
     if problems:
         raise InputError(f"{source}: " + "; ".join(problems))
     return config

@@ -6,7 +6,7 @@ import re
 
 import numpy as np
 import pytest
-import xarray as xr
+from conftest import synthetic_scores
 
 from alignment import dims
 from alignment.io import InputError, write_netcdf
@@ -22,64 +22,12 @@ def make_scores(model="tiny-vit", untrained=0, n_per_roi=50, n_none=30, seed=0, 
     """Scores over fsaverage5 vertices: 3 ROIs peaking at a planted layer, 4 layers.
 
     The first 10 voxels of each ROI are not significant (q = 0.5); the early ROI has 3 voxels
-    without a ceiling and one voxel whose r exceeds sqrt(ceiling).
+    without a ceiling and one voxel whose r exceeds sqrt(ceiling). Built by the shared
+    builder in conftest.py (:func:`conftest.synthetic_scores`).
     """
-    rng = np.random.default_rng(seed)
-    n = n_per_roi * len(PLANTED) + n_none
-    hemi = np.where(np.arange(n) % 2 == 0, "left", "right")
-    vertex = np.empty(n, int)
-    for h in ("left", "right"):
-        m = hemi == h
-        vertex[m] = rng.choice(10242, m.sum(), replace=False)
-    roi = np.array([name for name in PLANTED for _ in range(n_per_roi)] + ["none"] * n_none)
-    layers = np.arange(N_LAYERS)
-    r = rng.uniform(-0.03, 0.03, (N_LAYERS, n))
-    q = np.full((N_LAYERS, n), 0.5)
-    for name, best in PLANTED.items():
-        idx = np.flatnonzero(roi == name)
-        r[:, idx] += rng.uniform(0.2, 0.5, idx.size) * np.exp(-((layers[:, None] - best) ** 2))
-        q[:, idx[10:]] = np.where(r[:, idx[10:]] > 0.1, 0.001, 0.5)
-    ceiling = rng.uniform(0.3, 0.6, n)  # sqrt > 0.54 > any planted r
-    early = np.flatnonzero(roi == "early")
-    ceiling[early[:3]] = 0.0
-    ceiling[early[3]] = 0.04  # sqrt = 0.2 < r at the peak: above the ceiling
-    r[:, early[3]] = [0.1, 0.45, 0.1, 0.0]
-    data = {
-        dims.R: ((dims.LAYER, dims.VOXEL), r),
-        dims.R2: ((dims.LAYER, dims.VOXEL), r**2),
-        dims.P: ((dims.LAYER, dims.VOXEL), q),
-        dims.Q: ((dims.LAYER, dims.VOXEL), q),
-        dims.R_NULL_MEAN: ((dims.LAYER, dims.VOXEL), np.zeros((N_LAYERS, n))),
-        dims.R_NULL_P95: ((dims.LAYER, dims.VOXEL), rng.uniform(0.04, 0.06, (N_LAYERS, n))),
-        dims.ALPHA: ((dims.LAYER, dims.VOXEL), np.full((N_LAYERS, n), 10.0)),
-        dims.CEILING: ((dims.VOXEL,), ceiling),
-    }
-    coords = {
-        dims.LAYER: [f"layer_{i:02d}" for i in layers],
-        "layer_index": (dims.LAYER, layers),
-        dims.ROI: (dims.VOXEL, roi),
-        dims.HEMI: (dims.VOXEL, hemi),
-        dims.VERTEX: (dims.VOXEL, vertex),
-    }
-    base = {
-        "dataset": "images",
-        "subject": "01",
-        "space": "fsaverage5",
-        "kind": "images",
-        "model": model,
-        "model_source": "local",
-        "model_revision": "r1",
-        "untrained": untrained,
-        "encoder": "ridge",
-        "ceiling_method": "ncsnr",
-        "n_permutations": 100,
-        "fdr_alpha": 0.05,
-        "null_kind": "permuted stimulus labels",
-        "scoring": "pooled out-of-fold",
-        "package_version": "0.1.0",
-        "config_hash": "abc123",
-    }
-    return xr.Dataset(data, coords=coords, attrs={**base, **attrs})
+    return synthetic_scores(
+        model=model, untrained=untrained, n_per_roi=n_per_roi, n_none=n_none, seed=seed, **attrs
+    )
 
 
 @pytest.fixture(scope="module")

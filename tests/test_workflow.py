@@ -181,6 +181,28 @@ def test_tiny_end_to_end_run(tmp_path):
     # a second run has nothing to do: outputs are complete and trusted
     again = _snakemake(tmp_path, "-n", "--cores", "1")
     assert "Nothing to be done" in again.stdout + again.stderr
+    # group answers: one group report and one model comparison per dataset, group first
+    assert summary.startswith("== Group answer: demo-images (2 subject(s)")
+    assert summary.index("== Per-subject details ==") > summary.index("demo-narrative | minilm")
+    group = (tmp_path / "results/group/demo-images/report.html").read_text()
+    assert "Group report: demo-images" in group and "cannot give p below 0.25" in group
+    assert '<a href="../../sub-01/report.html">sub-01</a>' in group
+    csv = (tmp_path / "results/compare/demo-narrative/comparison.csv").read_text().splitlines()
+    assert csv[0].startswith("dataset,subject,model,encoder,layer,relative_depth,roi,r,ceiling,p")
+    assert len(csv) == 1 + 2 * 2 * 2  # subjects x layers x ROIs of minilm
+    # snakemake --report bundles them with their captions
+    import zipfile
+
+    made = _snakemake(tmp_path, "--report", "report.zip")
+    assert made.returncode == 0, made.stderr[-3000:]
+    with zipfile.ZipFile(tmp_path / "report.zip") as archive:
+        names = archive.namelist()
+        index = archive.read(next(n for n in names if n.endswith("report/report.html")))
+    assert sum(n.endswith("/comparison.csv") for n in names) == 2
+    assert sum(n.endswith("/group_stats.csv") for n in names) == 2
+    assert sum(n.endswith("/report.html") for n in names) >= 1 + 2 + 2 + 2
+    for text in (b"Group reports", b"Model comparison", b"relative-depth axis"):
+        assert text in index
 
 
 def test_cli_mismatched_stimulus_ids_fail_clearly(tmp_path):

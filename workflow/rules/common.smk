@@ -155,6 +155,21 @@ def all_scores():
     return [path for subject in all_subjects() for path in subject_scores(subject)]
 
 
+def dataset_scores(dataset):
+    """Scores of every subject and (model, encoder) pair of a dataset."""
+    return [
+        f"results/sub-{subject}/{dataset}/{model}/{encoder}/scores.nc"
+        for subject in DATASETS[dataset]["subjects"]
+        for model, encoder in dataset_pairs(dataset)
+    ]
+
+
+def all_group_reports():
+    return [f"results/group/{dataset}/report.html" for dataset in DATASETS] + [
+        f"results/compare/{dataset}/report.html" for dataset in DATASETS
+    ]
+
+
 wildcard_constraints:
     subject="[^/]+",
     dataset="[^/]+",

@@ -20,5 +20,9 @@ rule summary:
     resources:
         mem_mb=1000,
         runtime=5,
+    params:
+        group=lambda wildcards: as_arg(config.get("group", {})),
+        models=lambda wildcards: as_arg(config["models"]),
     shell:
-        "alignment summary --scores {input} --out {output} > {log} 2>&1"
+        "alignment summary --scores {input} --group {params.group} --models {params.models}"
+        " --out {output} > {log} 2>&1"
