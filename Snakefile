@@ -11,6 +11,7 @@ include: "workflow/rules/features.smk"
 include: "workflow/rules/encoders.smk"
 include: "workflow/rules/scores.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/failures.smk"
 
 
 rule all:

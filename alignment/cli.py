@@ -130,7 +130,16 @@ def cmd_summary(args) -> None:
     from alignment.io import read_netcdf, write_text
     from alignment.report.tables import summary_lines
 
-    lines = summary_lines([read_netcdf(p) for p in args.scores])
+    present = [p for p in args.scores if Path(p).exists()] if args.allow_missing else args.scores
+    lines = summary_lines([read_netcdf(p) for p in present])
+    absent = [p for p in args.scores if p not in present]
+    if absent:
+        from alignment.failures import missing_lines
+
+        lines += [
+            f"INCOMPLETE RUN: {len(absent)} of {len(args.scores)} scores missing:",
+            *missing_lines({p: args.logs.get(p, []) for p in absent}),
+        ]
     text = "\n".join(lines) + "\n"
     write_text(args.out, text)
     print(text, end="")
@@ -220,6 +229,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("summary", help="short summary of all scores, printed and saved")
     p.add_argument("--scores", nargs="+", required=True)
+    p.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="summarise the scores that exist and name the missing ones (after a failed run)",
+    )
+    p.add_argument(
+        "--logs",
+        type=_json,
+        default={},
+        help="JSON: scores path -> job logs it depends on (upstream first), to name failures",
+    )
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_summary)
     return parser

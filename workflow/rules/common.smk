@@ -3,6 +3,7 @@ import json
 import shlex
 
 from alignment.config import check_config, config_hash
+from alignment.failures import SCORES_PATTERN
 
 check_config(config, workflow.source_path("../schemas/config.schema.yaml"))
 
