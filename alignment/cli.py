@@ -99,7 +99,13 @@ def cmd_encode(args) -> None:
         "ceiling_method": c.attrs.get("method", "") if args.ceiling else "",
         **args.attrs,
     }
-    scores = score_layers(
+    encoder_inputs = {}
+    for item in args.encoder_input:
+        key, sep, path = item.partition("=")
+        if not sep or not key or not path:
+            raise InputError(f"--encoder-input wants NAME=PATH, got {item!r}")
+        encoder_inputs[key] = path
+    result = score_layers(
         responses,
         layers,
         encoder_spec=args.encoder_spec,
@@ -110,7 +116,25 @@ def cmd_encode(args) -> None:
         features_source=str(args.features),
         responses_source=str(args.responses),
         attrs=attrs,
+        features_attrs=feat_attrs,
+        encoder_inputs=encoder_inputs,
+        return_interpretation=bool(args.interpretation_out),
     )
+    if args.interpretation_out:
+        import xarray as xr
+
+        scores, interpretation = result
+        merged = (
+            xr.concat(
+                list(interpretation.values()), dim=xr.DataArray(list(interpretation), dims="layer")
+            )
+            if interpretation
+            else xr.Dataset()
+        )
+        merged.attrs = {**scores.attrs}
+        write_netcdf(merged, args.interpretation_out)
+    else:
+        scores = result
     write_netcdf(scores, args.out)
 
 
@@ -213,6 +237,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stats", type=_json, default={})
     p.add_argument("--timeseries", type=_json, default={})
     p.add_argument("--attrs", type=_json, default={})
+    p.add_argument(
+        "--encoder-input",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="an extra file the encoder needs (e.g. checkpoint=path), repeatable",
+    )
+    p.add_argument(
+        "--interpretation-out",
+        help="netCDF for what the encoder reports per test stimulus (e.g. attention maps)",
+    )
     p.add_argument("--on-bad-voxels", default="error", choices=["error", "drop"])
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_encode)

@@ -25,6 +25,7 @@ ONSET = "onset"
 OFFSET = "offset"
 MODEL = "model"
 DELAY = "delay"
+RELATIVE_DEPTH = "relative_depth"  # layer position: 0 = input, 1 = last layer
 
 # variables
 RESPONSES = "responses"

@@ -17,7 +17,7 @@ The same folds, ceilings and null serve every encoder, so encoders compare like 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import xarray as xr
@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 
 from alignment import __version__, dims, folds, timeseries
 from alignment.data.responses import align_ids, average_repeats, row_dim
-from alignment.encoders.ridge import make_encoder
+from alignment.encoders import EncoderContext, encoder_kind, make_encoder
+from alignment.encoders.registry import check_features, select_layers
 from alignment.io import InputError
 from alignment.metrics import ceilings, correlation, stats
 
@@ -165,44 +166,93 @@ def narrative_features_matrix(
     return timeseries.fir_delays(X, ts["delays"], runs=runs)
 
 
+@dataclass
+class CVResult:
+    """Out-of-fold predictions of one encoder on one layer, and what the folds' fits report."""
+
+    predictions: np.ndarray  # same shape as Design.Y
+    alphas: np.ndarray | None  # (n_folds, n_voxels) when the encoder chooses an alpha per voxel
+    interpretation: dict[str, np.ndarray] = field(default_factory=dict)  # rows of Design.Y
+
+
+def _fold_training_set(X: np.ndarray, design: Design, train: np.ndarray, cv: dict):
+    """Training features, targets and inner folds of one outer fold (never its test rows)."""
+    if design.kind == "images" and design.Y_train is not None:
+        trial_rows = np.flatnonzero(np.isin(design.train_rows, train))
+        inner = folds.inner_folds(
+            trial_rows,
+            groups=design.train_groups,
+            n_folds=cv["inner_folds"],
+            kind="grouped",
+            random_state=cv["random_state"],
+        )
+        return X[design.train_rows[trial_rows]], design.Y_train[trial_rows], inner
+    if design.kind == "images":
+        inner = folds.inner_folds(
+            train, n_folds=cv["inner_folds"], kind="grouped", random_state=cv["random_state"]
+        )
+    else:
+        inner = folds.inner_folds(
+            train, n_folds=cv["inner_folds"], gap=cv["gap_trs"], kind="blocked"
+        )
+    return X[train], design.Y[train], inner
+
+
 def cross_validated_predictions(
-    X: np.ndarray, design: Design, encoder_spec: dict, cv: dict
-) -> tuple[np.ndarray, np.ndarray]:
-    """Out-of-fold predictions of every scored row, and the per-voxel alpha of each fold.
+    X: np.ndarray,
+    design: Design,
+    encoder_spec: dict,
+    cv: dict,
+    context: EncoderContext | None = None,
+) -> CVResult:
+    """Fit the encoder on every outer fold's training rows and predict its test rows.
+
+    Every registered encoder kind goes through this one loop, on the same folds.
+
+    Parameters
+    ----------
+    X : ndarray
+        Features of every row of ``design.Y`` (pooled: (rows, units); tokens: (rows, tokens,
+        units)).
+    design : Design
+    encoder_spec : dict
+        Config entry of the encoder (``kind`` plus parameters).
+    cv : dict
+        The ``cv`` config section.
+    context : EncoderContext, optional
+        Voxel labels, feature attributes and extra inputs; the loop fills in the inner folds,
+        the fold index, the experiment kind and the random state.
 
     Returns
     -------
-    predictions : ndarray, same shape as ``design.Y``
-    alphas : ndarray (n_folds, n_voxels)
+    CVResult
     """
     cv = {**CV_DEFAULTS, **cv}
+    context = context or EncoderContext()
     pred = np.zeros_like(design.Y)
-    alphas = []
-    for train, test in design.folds:
-        if design.kind == "images" and design.Y_train is not None:
-            trial_rows = np.flatnonzero(np.isin(design.train_rows, train))
-            X_train, Y_train = X[design.train_rows[trial_rows]], design.Y_train[trial_rows]
-            inner = folds.inner_folds(
-                trial_rows,
-                groups=design.train_groups,
-                n_folds=cv["inner_folds"],
-                kind="grouped",
-                random_state=cv["random_state"],
-            )
-        elif design.kind == "images":
-            X_train, Y_train = X[train], design.Y[train]
-            inner = folds.inner_folds(
-                train, n_folds=cv["inner_folds"], kind="grouped", random_state=cv["random_state"]
-            )
-        else:
-            X_train, Y_train = X[train], design.Y[train]
-            inner = folds.inner_folds(
-                train, n_folds=cv["inner_folds"], gap=cv["gap_trs"], kind="blocked"
-            )
-        encoder = make_encoder(encoder_spec, cv=inner).fit(X_train, Y_train)
+    alphas, interpretation = [], {}
+    for k, (train, test) in enumerate(design.folds):
+        X_train, Y_train, inner = _fold_training_set(X, design, train, cv)
+        fold_context = replace(
+            context,
+            inner_cv=inner,
+            fold=k,
+            experiment=design.kind,
+            random_state=cv["random_state"],
+        )
+        encoder = make_encoder(encoder_spec, fold_context).fit(X_train, Y_train)
         pred[test] = encoder.predict(X[test])
-        alphas.append(encoder.best_alphas_)
-    return pred, np.asarray(alphas)
+        if hasattr(encoder, "best_alphas_"):
+            alphas.append(np.asarray(encoder.best_alphas_, dtype=np.float64))
+        if hasattr(encoder, "interpret"):
+            for name, values in encoder.interpret(X[test]).items():
+                values = np.asarray(values)
+                if name not in interpretation:
+                    interpretation[name] = np.full(
+                        (len(design.Y), *values.shape[1:]), np.nan, dtype=np.float32
+                    )
+                interpretation[name][test] = values
+    return CVResult(pred, np.asarray(alphas) if alphas else None, interpretation)
 
 
 def _centre_folds(values: np.ndarray, test_folds) -> np.ndarray:
@@ -249,6 +299,15 @@ def score_predictions(design: Design, pred: np.ndarray, stats_spec: dict) -> dic
     }
 
 
+def _layer_depth(name: str, layer: xr.DataArray, position: int, n_layers: int) -> float:
+    """Relative depth of a layer (0 = input, 1 = last): as the features store it, if it does."""
+    if "relative_depth" in layer.coords:
+        return float(layer.coords["relative_depth"])
+    if "relative_depth" in layer.attrs:
+        return float(layer.attrs["relative_depth"])
+    return position / max(n_layers - 1, 1)
+
+
 def score_layers(
     responses: xr.Dataset,
     layers: dict[str, xr.DataArray],
@@ -261,7 +320,10 @@ def score_layers(
     features_source: str = "features",
     responses_source: str = "responses",
     attrs: dict | None = None,
-) -> xr.Dataset:
+    features_attrs: dict | None = None,
+    encoder_inputs: dict | None = None,
+    return_interpretation: bool = False,
+):
     """Fit and score an encoder for every layer of a model against one subject's responses.
 
     Parameters
@@ -269,40 +331,75 @@ def score_layers(
     responses : Dataset
         Validated Responses (images or narrative).
     layers : dict of layer name to DataArray
-        Features per layer (stimulus or word rows).
+        Features per layer: (stimulus or word, unit), or (stimulus, token, unit) for encoders
+        that take patch tokens.
     encoder_spec, cv, stats_spec, timeseries_spec : dict
-        Config sections (defaults in this module).
+        Config sections (defaults in this module). ``encoder_spec["kind"]`` names a registered
+        encoder (:mod:`alignment.encoders.registry`).
     ceiling : ndarray (n_voxels,), optional
         Noise ceiling (fraction of variance) stored with the scores.
     features_source, responses_source : str
         File names used in error messages.
     attrs : dict
         Provenance to store.
+    features_attrs : dict, optional
+        Attributes of the features store (token grid, model...), passed to the encoder.
+    encoder_inputs : dict of str to str, optional
+        Extra files the encoder needs (e.g. a meta-trained checkpoint).
+    return_interpretation : bool
+        Also return what encoders with an ``interpret`` method report for the test rows
+        (e.g. attention maps), one Dataset per layer.
 
     Returns
     -------
     Scores Dataset with dims (layer, voxel): r, r2, p, q, r_null_mean, r_null_p95, alpha, and
-    ceiling (voxel).
+    ceiling (voxel); with ``return_interpretation``, also a dict of layer name to Dataset.
     """
     stats_spec = {**STATS_DEFAULTS, **stats_spec}
     timeseries_spec = timeseries_spec or {}
+    kind = encoder_kind(encoder_spec)
+    layers = select_layers(encoder_spec, layers, features_source)
     narrative = row_dim(responses) == dims.TIME
     if narrative:
         design = narrative_design(responses, cv, timeseries_spec)
+        row_ids = None
     else:
-        design, image_ids = image_design(responses, cv)
+        design, row_ids = image_design(responses, cv)
+    base_context = EncoderContext(
+        voxels={c: v for c, (_, v) in _voxel_coords(responses).items()},
+        features=dict(features_attrs or {}),
+        inputs=dict(encoder_inputs or {}),
+    )
     out: dict[str, list] = {}
+    interpretations = {}
     for name, layer in tqdm(layers.items(), desc="layers", unit="layer"):
         if narrative:
             X = narrative_features_matrix(layer, responses, timeseries_spec, features_source)
         else:
-            X = image_features_matrix(layer, image_ids, features_source, responses_source)
-        pred, alphas = cross_validated_predictions(X, design, encoder_spec, cv)
-        scores = score_predictions(design, pred, stats_spec)
+            X = image_features_matrix(layer, row_ids, features_source, responses_source)
+        check_features(X, kind, features_source)
+        context = replace(
+            base_context, features={**base_context.features, **layer.attrs, "layer": name}
+        )
+        result = cross_validated_predictions(X, design, encoder_spec, cv, context)
+        scores = score_predictions(design, result.predictions, stats_spec)
         scores[dims.Q] = stats.fdr_bh(scores[dims.P])
-        scores[dims.ALPHA] = np.median(alphas, axis=0)
+        n_voxels = design.Y.shape[1]
+        scores[dims.ALPHA] = (
+            np.median(result.alphas, axis=0)
+            if result.alphas is not None
+            else np.full(n_voxels, np.nan)
+        )
         for key, value in scores.items():
             out.setdefault(key, []).append(np.asarray(value, dtype=np.float32))
+        if result.interpretation:
+            interpretations[name] = xr.Dataset(
+                {
+                    key: ((dims.STIMULUS, *[f"{key}_dim{i}" for i in range(1, v.ndim)]), v)
+                    for key, v in result.interpretation.items()
+                },
+                coords={dims.STIMULUS_ID: (dims.STIMULUS, row_ids)} if row_ids is not None else {},
+            )
         log.info(
             "%s: median r %.3f, max r %.3f",
             name,
@@ -316,6 +413,13 @@ def score_layers(
         coords={
             dims.LAYER: layer_names,
             "layer_index": (dims.LAYER, np.arange(len(layer_names))),
+            dims.RELATIVE_DEPTH: (
+                dims.LAYER,
+                [
+                    _layer_depth(n, layers[n], i, len(layer_names))
+                    for i, n in enumerate(layer_names)
+                ],
+            ),
             **voxel_coords,
         },
     )
@@ -324,6 +428,7 @@ def score_layers(
     ds.attrs = {
         **responses.attrs,
         **(attrs or {}),
+        "encoder_kind": kind.name,
         "n_permutations": stats_spec["n_permutations"],
         "fdr_alpha": stats_spec["fdr_alpha"],
         "null_kind": "circular shift" if narrative else "permuted stimulus labels",
@@ -331,7 +436,7 @@ def score_layers(
         "n_folds": str(cv.get("n_folds", CV_DEFAULTS["n_folds"])),
         "package_version": __version__,
     }
-    return ds
+    return (ds, interpretations) if return_interpretation else ds
 
 
 def noise_ceiling(

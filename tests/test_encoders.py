@@ -7,7 +7,8 @@ import pytest
 from sklearn.linear_model import Ridge
 from sklearn.preprocessing import StandardScaler
 
-from alignment.encoders.ridge import RidgeEncoder, make_encoder
+from alignment.encoders import make_encoder
+from alignment.encoders.ridge import RidgeEncoder
 
 
 def _data(n=120, p=20, v=6, noise=0.5, seed=0):
@@ -69,6 +70,25 @@ def test_bad_input_raises_clear_errors():
     with pytest.raises(ValueError, match="features"):
         enc.predict(X[:, :5])
     with pytest.raises(ValueError, match="unknown encoder kind"):
-        make_encoder({"kind": "lasso"}, cv=3)
+        make_encoder({"kind": "lasso"})
     with pytest.raises(ValueError, match="solver"):
         RidgeEncoder(solver="qr").fit(X, Y)
+
+
+def test_registry_builds_every_kind_from_spec_and_context():
+    from alignment.encoders import ENCODERS, EncoderContext, accepts
+    from alignment.encoders.registry import select_layers
+
+    assert "ridge" in ENCODERS
+    folds = [(np.arange(60, 120), np.arange(60)), (np.arange(60), np.arange(60, 120))]
+    enc = make_encoder(
+        {"kind": "ridge", "alphas": [1.0, 10.0], "layers": ["b"]}, EncoderContext(folds)
+    )
+    assert isinstance(enc, RidgeEncoder) and enc.cv == folds
+    layers = {"a": 0, "b": 1, "c": 2}
+    assert list(select_layers({"layers": ["b", -1]}, layers)) == ["b", "c"]
+    assert list(select_layers({}, layers)) == ["a", "b", "c"]
+    with pytest.raises(ValueError, match="layer 'z'"):
+        select_layers({"kind": "ridge", "layers": ["z"]}, layers)
+    assert accepts({"kind": "ridge"}, {"pooling": "mean"}, "narrative")
+    assert not accepts({"kind": "ridge"}, {"pooling": "tokens"}, "images")

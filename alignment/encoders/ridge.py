@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 
+from alignment.encoders.registry import EncoderContext, register_encoder
+
 DEFAULT_ALPHAS = np.logspace(-2, 7, 19)
 
 
@@ -46,6 +48,7 @@ def _check_xy(X, Y=None):
     return X, Y
 
 
+@register_encoder("ridge")
 class RidgeEncoder(RegressorMixin, BaseEstimator):
     """Ridge regression from features to every voxel, with alpha chosen per voxel by inner CV.
 
@@ -81,6 +84,14 @@ class RidgeEncoder(RegressorMixin, BaseEstimator):
         self.backend = backend
         self.solver = solver
         self.n_targets_batch = n_targets_batch
+
+    @classmethod
+    def from_spec(cls, spec: dict, context: EncoderContext) -> RidgeEncoder:
+        """Build from a config entry; the inner folds come from the fold's context."""
+        spec = dict(spec)
+        if "alphas" in spec:
+            spec["alphas"] = np.asarray(spec["alphas"], dtype=float)
+        return cls(cv=context.inner_cv or 5, **spec)
 
     def fit(self, X, Y):
         """Fit on (samples, features) and (samples, voxels); returns self."""
@@ -126,17 +137,3 @@ class RidgeEncoder(RegressorMixin, BaseEstimator):
             )
         pred = self.model_.predict(self.backend_.asarray((X - self.mean_) / self.scale_))
         return np.asarray(self.backend_.to_numpy(pred), dtype=np.float32)
-
-
-ENCODERS = {"ridge": RidgeEncoder}
-
-
-def make_encoder(spec: dict, cv) -> RidgeEncoder:
-    """Build an encoder from its config spec (``kind`` plus the estimator's parameters)."""
-    spec = dict(spec)
-    kind = spec.pop("kind", "ridge")
-    if kind not in ENCODERS:
-        raise ValueError(f"unknown encoder kind {kind!r}; available: {sorted(ENCODERS)}")
-    if "alphas" in spec:
-        spec["alphas"] = np.asarray(spec["alphas"], dtype=float)
-    return ENCODERS[kind](cv=cv, **spec)

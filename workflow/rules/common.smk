@@ -3,6 +3,7 @@ import json
 import shlex
 
 from alignment.config import check_config, config_hash
+from alignment.encoders import accepts
 from alignment.failures import SCORES_PATTERN
 
 check_config(config, workflow.source_path("../schemas/config.schema.yaml"))
@@ -21,6 +22,31 @@ def dataset_encoders(dataset):
     return DATASETS[dataset].get("encoders", list(config["encoders"]))
 
 
+def dataset_pairs(dataset):
+    """(model, encoder) pairs of a dataset: each encoder runs on the models whose features it
+    takes (pooled features feed ridge, patch tokens feed the routing encoder)."""
+    spec = DATASETS[dataset]
+    return [
+        (model, encoder)
+        for model in spec["models"]
+        for encoder in dataset_encoders(dataset)
+        if accepts(config["encoders"][encoder], config["models"][model], spec["kind"])
+    ]
+
+
+def encoder_inputs(wildcards):
+    """Extra files an encoder kind needs (none for ridge), by name."""
+    return {}
+
+
+def encoder_input_args(wildcards, input):
+    """--encoder-input NAME=PATH for each extra file of the encoder."""
+    return " ".join(
+        f"--encoder-input {shlex.quote(f'{name}={input[name]}')}"
+        for name in encoder_inputs(wildcards)
+    )
+
+
 def responses_path(dataset, subject):
     return DATASETS[dataset]["responses"].format(subject=subject)
 
@@ -30,8 +56,7 @@ def subject_scores(subject):
         f"results/sub-{subject}/{dataset}/{model}/{encoder}/scores.nc"
         for dataset, spec in DATASETS.items()
         if subject in spec["subjects"]
-        for model in spec["models"]
-        for encoder in dataset_encoders(dataset)
+        for model, encoder in dataset_pairs(dataset)
     ]
 
 

@@ -31,6 +31,7 @@ rule ceiling:
 
 rule encode:
     input:
+        unpack(encoder_inputs),
         responses=lambda wildcards: responses_path(wildcards.dataset, wildcards.subject),
         features="results/features/{dataset}/{model}.zarr",
         ceiling="results/sub-{subject}/{dataset}/ceiling.nc",
@@ -53,8 +54,10 @@ rule encode:
         timeseries=lambda wildcards: as_arg(config.get("timeseries", {})),
         attrs=lambda wildcards: as_arg({"config_hash": CONFIG_HASH}),
         on_bad_voxels=lambda wildcards: DATASETS[wildcards.dataset].get("on_bad_voxels", "error"),
+        extra=encoder_input_args,
     shell:
         "alignment encode --responses {input.responses} --features {input.features}"
         " --ceiling {input.ceiling} --encoder {wildcards.encoder} --encoder-spec {params.encoder}"
         " --cv {params.cv} --stats {params.stats} --timeseries {params.timeseries}"
-        " --attrs {params.attrs} --on-bad-voxels {params.on_bad_voxels} --out {output} > {log} 2>&1"
+        " --attrs {params.attrs} --on-bad-voxels {params.on_bad_voxels} {params.extra}"
+        " --out {output} > {log} 2>&1"
