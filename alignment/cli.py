@@ -35,20 +35,28 @@ def cmd_demo_data(args) -> None:
 def _read_stimuli(path: str):
     import pandas as pd
 
+    from alignment.io import require_file
     from alignment.stimuli.images import read_image_table
     from alignment.stimuli.narrative import read_word_table
 
-    p = Path(path)
+    p = require_file(path, "stimulus file")
     if p.suffix.lower() == ".textgrid":
         return read_word_table(p)
-    head = pd.read_csv(p, sep="\t" if p.suffix != ".csv" else ",", nrows=1)
-    return read_word_table(p) if "word" in head.columns else read_image_table(p)
+    try:
+        head = pd.read_csv(p, sep="\t" if p.suffix != ".csv" else ",", nrows=1)
+        return read_word_table(p) if "word" in head.columns else read_image_table(p)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise InputError(f"{p}: not a readable stimulus table ({err})") from err
 
 
 def cmd_features(args) -> None:
     from alignment.features import extract_features
     from alignment.io import write_zarr_layers
 
+    if args.spec.get("kind", "huggingface") == "huggingface" and "source" in args.spec:
+        from alignment.checks import check_model_source
+
+        check_model_source(str(args.spec["source"]), args.model)
     stimuli = _read_stimuli(args.stimuli)
     layers, attrs = extract_features(args.spec, stimuli, name=args.model)
     attrs["stimuli"] = str(args.stimuli)
@@ -62,12 +70,17 @@ def cmd_ceiling(args) -> None:
     from alignment.io import write_netcdf
 
     responses = [load_responses(p, on_bad_voxels=args.on_bad_voxels) for p in args.responses]
-    ds = noise_ceiling(
-        responses,
-        index=args.index,
-        timeseries_spec=args.timeseries,
-        sources=[str(p) for p in args.responses],
-    )
+    if not 0 <= args.index < len(responses):
+        raise InputError(f"--index {args.index} is out of range for {len(responses)} responses")
+    try:
+        ds = noise_ceiling(
+            responses,
+            index=args.index,
+            timeseries_spec=args.timeseries,
+            sources=[str(p) for p in args.responses],
+        )
+    except ValueError as err:  # data that cannot give a ceiling (e.g. no repeats)
+        raise InputError(f"{args.responses[args.index]}: no noise ceiling: {err}") from err
     write_netcdf(ds, args.out)
 
 
@@ -79,6 +92,7 @@ def cmd_encode(args) -> None:
     responses = load_responses(args.responses, on_bad_voxels=args.on_bad_voxels)
     layers = read_zarr_layers(args.features)
     feat_attrs = read_zarr_attrs(args.features)
+    _preflight_encode(args, responses, layers)
     ceiling = None
     if args.ceiling:
         c = read_netcdf(args.ceiling)
@@ -136,6 +150,27 @@ def cmd_encode(args) -> None:
     else:
         scores = result
     write_netcdf(scores, args.out)
+
+
+def _preflight_encode(args, responses, layers) -> None:
+    """Fail before fitting on data the folds or the stimulus timing cannot use."""
+    from alignment import dims
+    from alignment.checks import check_folds, check_word_timing
+    from alignment.data.responses import row_dim
+
+    check_folds(responses, args.cv, args.timeseries, args.responses)
+    if row_dim(responses) == dims.TIME and layers:
+        first = next(iter(layers.values()))
+        if dims.RUN in first.coords:
+            check_word_timing(responses, first, args.responses, args.features)
+
+
+def cmd_check_config(args) -> None:
+    from alignment.config import check_config, load_config
+
+    config = load_config(args.config)
+    check_config(config, args.schema, source=str(args.config))
+    print(f"{args.config}: OK")
 
 
 def cmd_report(args) -> None:
@@ -252,6 +287,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_encode)
 
+    p = sub.add_parser(
+        "check-config", help="validate a config file (schema, names, subject ids) and exit"
+    )
+    p.add_argument("config", nargs="?", default="config.yaml")
+    p.add_argument(
+        "--schema",
+        default=str(Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml"),
+        help="the workflow's config schema",
+    )
+    p.set_defaults(func=cmd_check_config)
+
     p = sub.add_parser("report", help="per-subject HTML report")
     p.add_argument("--subject", required=True)
     p.add_argument("--scores", nargs="+", required=True)
@@ -290,8 +336,10 @@ def main(argv=None) -> int:
     try:
         args.func(args)
     except InputError as err:
-        log.error("%s", err)
-        print(f"alignment {args.verb}: error: {err}", file=sys.stderr)
+        # one line, whatever a library underneath put in its message
+        message = " ".join(str(err).split())
+        log.error("%s", message)
+        print(f"alignment {args.verb}: error: {message}", file=sys.stderr)
         return 2
     return 0
 

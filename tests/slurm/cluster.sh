@@ -8,8 +8,9 @@
 #
 # Idempotent: `up` on a running cluster only checks it; `down` on a stopped one does nothing.
 # Everything lives under $SLURM_TEST_ROOT (default /tmp/alignment-slurm): configs, spool, state,
-# logs and a private MariaDB on 127.0.0.1:$SLURM_TEST_DBPORT, so nothing in /etc is edited and a
-# system MariaDB or SLURM, if any, is left alone. Needs root (the daemons run as root, so jobs can
+# logs and a private MariaDB on 127.0.0.1:$SLURM_TEST_DBPORT; the only thing outside it is a link
+# /etc/slurm/slurm.conf -> $ROOT/etc/slurm.conf (removed by `down`), made only where no other SLURM
+# config is there. Needs root (the daemons run as root, so jobs can
 # write into the checkout). Exit status 77 means "cannot run here" (not root, no apt, packages
 # unavailable): the caller turns it into a skip with the printed reason.
 #
@@ -87,6 +88,7 @@ AccountingStorageHost=127.0.0.1
 AccountingStoragePort=6919
 AccountingStorageTRES=gres/gpu
 JobCompType=jobcomp/none
+AccountingStoreFlags=job_comment
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 SchedulerType=sched/backfill
@@ -124,6 +126,14 @@ StoragePass=slurm-test
 StorageLoc=slurm_acct_db
 EOF
   chmod 600 "$ROOT/etc/slurmdbd.conf"
+  # Clients inside jobs need the config at the default path: the plugin's job step strips every
+  # SLURM_* variable (SLURM_CONF too) before its nested srun. Link it unless a real one is there.
+  mkdir -p /etc/slurm
+  if [[ ! -e /etc/slurm/slurm.conf || $(readlink /etc/slurm/slurm.conf) == "$CONF" ]]; then
+    ln -sfn "$CONF" /etc/slurm/slurm.conf
+  else
+    skip "/etc/slurm/slurm.conf belongs to another SLURM; not touching it"
+  fi
 }
 
 start_munge() {
@@ -226,6 +236,8 @@ down() {
   stop_pid MariaDB "$ROOT/run/mariadb.pid"
   # munged is shared by any SLURM on this machine: stop it only if this script started it
   stop_pid munged "$ROOT/run/munged.pid"
+  [[ $(readlink /etc/slurm/slurm.conf) == "$CONF" ]] && rm -f /etc/slurm/slurm.conf
+  return 0
 }
 
 case ${1:-} in
