@@ -83,9 +83,9 @@ def check_word_timing(
         last = float(np.max(ends[word_runs == run], initial=-np.inf))
         if last > span + tr:
             raise InputError(
-                f"{responses_source}: run {str(run)!r} has {n_tr} TRs ({span:.1f} s at tr={tr:g} s) but "
-                f"its words in {features_source} go on to {last:.1f} s; the TR count or 'tr' does "
-                "not match the stimulus"
+                f"{responses_source}: run {str(run)!r} has {n_tr} TRs ({span:.1f} s at "
+                f"tr={tr:g} s) but its words in {features_source} go on to {last:.1f} s; the TR "
+                "count or 'tr' does not match the stimulus"
             )
 
 
