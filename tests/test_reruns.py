@@ -7,6 +7,7 @@ NaN voxel makes its jobs fail.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +17,9 @@ import numpy as np
 import pytest
 import xarray as xr
 import yaml
+from _study import (
+    alignment as alignment_cli,
+)
 from _study import (
     image_responses,
     narrative_responses,
@@ -183,3 +187,70 @@ def test_scores_record_a_hash_of_exactly_their_inputs(study):
     assert values[0] == values[1] != values[2]
     assert all(len(h) == 12 for h in values)
     assert np.unique(values).size == 2
+
+
+def test_kill_9_mid_encode_leaves_nothing_and_a_rerun_gives_the_same_scores(study, tmp_path):
+    """A job killed by the scheduler (SIGKILL, e.g. a time limit) leaves no Scores file that a
+    resumed run could trust, and the rerun equals an uninterrupted run, bit for bit."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from _study import BIN, ENV
+
+    root, _, _ = study
+    features = tmp_path / "f.zarr"
+    spec = json.dumps({"kind": "random", "modality": "image", "n_units": 8, "n_layers": 4})
+    made = alignment_cli(
+        "features",
+        "--model",
+        "r",
+        "--spec",
+        spec,
+        "--stimuli",
+        str(root / "stimuli/images.tsv"),
+        "--out",
+        str(features),
+    )
+    assert made.returncode == 0, made.stderr
+    args = [
+        "encode",
+        "--responses",
+        str(root / "responses/pics_sub-01.nc"),
+        "--features",
+        str(features),
+        "--cv",
+        '{"n_folds": 3, "inner_folds": 2}',
+        "--stats",
+        '{"n_permutations": 400}',
+        "--encoder-spec",
+        '{"kind": "ridge", "backend": "numpy"}',
+    ]
+    killed = tmp_path / "killed.nc"
+    log = tmp_path / "killed.log"
+    with open(log, "w") as handle:
+        proc = subprocess.Popen(
+            [str(BIN / "alignment"), *args, "--out", str(killed)],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env=ENV,
+        )
+        deadline = time.monotonic() + 300
+        # kill once the first layer is done, i.e. in the middle of the job
+        while "layer_00: median r" not in log.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not killed.exists(), "a killed job must not leave a Scores file"
+    # the rerun (what Snakemake does after an incomplete job) and an uninterrupted run agree
+    assert alignment_cli(*args, "--out", str(killed)).returncode == 0
+    clean = tmp_path / "clean.nc"
+    assert alignment_cli(*args, "--out", str(clean)).returncode == 0
+    a = xr.load_dataset(killed, engine="h5netcdf")
+    b = xr.load_dataset(clean, engine="h5netcdf")
+    assert list(a["layer"].values) == ["layer_00", "layer_01", "layer_02", "layer_03"]
+    for name in b.data_vars:
+        assert a[name].values.tobytes() == b[name].values.tobytes(), name
