@@ -34,6 +34,7 @@ def check_folds(
     """
     from alignment import evaluation
     from alignment.data.responses import row_dim
+    from alignment.metrics import stats
 
     cv = {**evaluation.CV_DEFAULTS, **cv}
     narrative = row_dim(responses) == dims.TIME
@@ -50,6 +51,8 @@ def check_folds(
         dummy = np.zeros((len(design.Y), 1), dtype=np.float32)
         for train, _ in design.folds:
             evaluation._fold_training_set(dummy, design, train, cv)
+        # the statistics score within each test fold and need a few rows there
+        stats._check_folds([test for _, test in design.folds], len(design.Y))
     except ValueError as err:
         keys = "cv.n_folds, cv.inner_folds" + (", cv.gap_trs" if narrative else "")
         raise InputError(

@@ -221,7 +221,7 @@ def r_few_stimuli(base, tmp):
 def r_few_trs(base, tmp):
     write_netcdf(narrative_responses(1), tmp / "sub-01.nc")
     argv = _encode(tmp / "sub-01.nc", base / "txt.zarr", tmp / "out.nc")
-    argv[argv.index(CV)] = '{"n_folds": 30, "inner_folds": 5, "gap_trs": 3}'
+    argv[argv.index(CV)] = '{"n_folds": 50, "inner_folds": 5, "gap_trs": 3}'
     return argv
 
 
