@@ -88,7 +88,8 @@ def test_rerun_gives_bit_identical_scores(study):
 def _planned(root: Path, config: dict, configfile: Path | None = None) -> set[str]:
     """Outputs of the jobs a dry run would run."""
     extra = ["--configfile", str(configfile)] if configfile else []
-    run = snakemake(root, "-n", "--nolock", *extra, *score_targets(config))
+    # targets first: --configfile takes every word after it
+    run = snakemake(root, *score_targets(config), "-n", "--nolock", *extra)
     assert run.returncode == 0, run.stderr[-3000:]
     text = run.stdout + run.stderr
     return set(re.findall(r"^\s+output: (\S+)", text, flags=re.M))
