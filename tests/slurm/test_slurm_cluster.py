@@ -116,9 +116,11 @@ def _sacct(env: dict, since: str) -> list[dict]:
     return [dict(zip(names, line.split("|"), strict=True)) for line in out.splitlines() if line]
 
 
-def _expected(rule: str) -> dict:
+def _expected(rule: str) -> tuple[dict, dict]:
+    """The profile's resources for a rule: defaults merged with its own, and its own alone."""
     profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
-    return {**profile["default-resources"], **profile.get("set-resources", {}).get(rule, {})}
+    own = profile.get("set-resources", {}).get(rule, {})
+    return {**profile["default-resources"], **own}, own
 
 
 def _minutes(limit: str) -> int:
@@ -164,16 +166,16 @@ def test_reduced_demo_runs_as_slurm_jobs_and_a_failure_is_reported(slurm_env, tm
     assert set(by_rule) == {"demo_data", "features", "ceiling", "encode", "report", "summary"}
     for rule, rule_jobs in by_rule.items():
         assert len(rule_jobs) == len(submitted[rule]), rule
-        want = _expected(rule)
+        want, own = _expected(rule)
         for job, res in zip(rule_jobs, submitted[rule], strict=True):
             assert job["State"] == "COMPLETED", job
             assert job["Partition"] == want["slurm_partition"], (rule, job)
             assert int(job["ReqCPUS"]) == want["cpus_per_task"], (rule, job)
             assert job["ReqMem"] == f"{res['mem_mb']}M", (rule, job)
             assert _minutes(job["Timelimit"]) == int(res["runtime"]), (rule, job)
-            if "mem_mb" in want:  # the profile's own number wins over the rule's
-                assert job["ReqMem"] == f"{want['mem_mb']}M", (rule, job)
-                assert _minutes(job["Timelimit"]) == want["runtime"], (rule, job)
+            if "mem_mb" in own:  # the profile's number for the rule wins over the rule's
+                assert job["ReqMem"] == f"{own['mem_mb']}M", (rule, job)
+                assert _minutes(job["Timelimit"]) == own["runtime"], (rule, job)
             assert ("gres/gpu=1" in job["AllocTRES"]) == bool(want.get("gpu")), (rule, job)
 
     # a second run adds a subject whose data hold a NaN voxel: its job fails on SLURM
