@@ -173,6 +173,25 @@ def cmd_check_config(args) -> None:
     print(f"{args.config}: OK")
 
 
+def cmd_rsa(args) -> None:
+    from alignment.data.responses import load_responses
+    from alignment.io import read_zarr_attrs, read_zarr_layers, write_netcdf
+    from alignment.metrics.rsa import rsa_scores
+
+    responses = [load_responses(p) for p in args.responses]
+    spec = args.encoder_spec
+    ds = rsa_scores(
+        responses,
+        args.index,
+        read_zarr_layers(args.features),
+        method=spec.get("method", "spearman"),
+        n_permutations=args.stats.get("n_permutations", 1000),
+        random_state=args.stats.get("random_state", 0),
+        attrs={"model": read_zarr_attrs(args.features).get("model", ""), "encoder": "rsa"},
+    )
+    write_netcdf(ds, args.out)
+
+
 def cmd_report(args) -> None:
     from alignment.io import read_json, read_netcdf
     from alignment.report.html import write_subject_report
@@ -297,6 +316,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="the workflow's config schema",
     )
     p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("rsa", help="RDM correlation of every layer with every ROI (RSA)")
+    p.add_argument("--responses", nargs="+", required=True, help="every subject's responses")
+    p.add_argument("--index", type=int, required=True, help="position of the subject scored")
+    p.add_argument("--features", required=True)
+    p.add_argument("--encoder-spec", type=_json, default={})
+    p.add_argument("--stats", type=_json, default={})
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_rsa)
 
     p = sub.add_parser("report", help="per-subject HTML report")
     p.add_argument("--subject", required=True)

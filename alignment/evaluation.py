@@ -28,18 +28,32 @@ from alignment.data.responses import align_ids, average_repeats, row_dim
 from alignment.encoders import EncoderContext, encoder_kind, make_encoder
 from alignment.encoders.registry import check_features, select_layers
 from alignment.io import InputError
-from alignment.metrics import ceilings, correlation, stats
+from alignment.metrics import bootstrap_roi_means, ceilings, correlation, stats
 
 log = logging.getLogger(__name__)
 
 CV_DEFAULTS = {"n_folds": 5, "inner_folds": 5, "gap_trs": 3, "train_on": "mean", "random_state": 0}
-STATS_DEFAULTS = {"n_permutations": 1000, "fdr_alpha": 0.05, "random_state": 0}
+STATS_DEFAULTS = {
+    "n_permutations": 1000,
+    "fdr_alpha": 0.05,
+    "random_state": 0,
+    "narrative_null": "circular",  # or "mirror", "block" (alignment.metrics.permutation_null)
+    "n_bootstrap": 500,  # ROI-mean confidence intervals (alignment.metrics.bootstrap_roi_means)
+    "ci_level": 0.95,
+}
+NULL_NAMES = {
+    "circular": "circular shift",
+    "mirror": "reflected circular shift",
+    "block": "block permutation",
+}
 TIMESERIES_DEFAULTS = {
     "delays": [1, 2, 3, 4],
     "detrend": "savgol",
     "detrend_order": 2,
     "savgol_window_s": 120.0,
     "lanczos_window": 3,
+    # detrend the TR features exactly as the responses (per run, before the FIR delays)
+    "filter_features": True,
 }
 
 
@@ -136,7 +150,12 @@ def narrative_design(responses: xr.Dataset, cv: dict, ts: dict) -> Design:
 def narrative_features_matrix(
     layer: xr.DataArray, responses: xr.Dataset, ts: dict, features_source: str
 ) -> np.ndarray:
-    """Word features of one layer resampled to the responses' TRs, z-scored and FIR-delayed."""
+    """Word features of one layer resampled to the responses' TRs, filtered and FIR-delayed.
+
+    Per run, the resampled features go through the same detrending and z-scoring as the
+    responses (:func:`preprocess_timeseries` with the same ``ts``), then get their FIR delays.
+    ``ts["filter_features"] = False`` only z-scores them (the behaviour before the filter).
+    """
     ts = {**TIMESERIES_DEFAULTS, **ts}
     tr = float(responses.attrs["tr"])
     start = float(responses.attrs.get("first_volume_time", 0.0))
@@ -162,7 +181,14 @@ def narrative_features_matrix(
                 window=ts["lanczos_window"],
             )
         )
-    X = timeseries.zscore_runs(np.concatenate(parts), runs, allow_constant=True)
+    X = np.concatenate(parts)
+    if ts["filter_features"]:
+        # The same per-run filter as the responses (narrative_design): the encoder then sees
+        # features and responses in the same frequency band. It reads features only, never
+        # responses, so filtering whole runs cannot carry test responses into training.
+        X = preprocess_timeseries(X, runs, tr, ts)
+    else:
+        X = timeseries.zscore_runs(X, runs, allow_constant=True)
     return timeseries.fir_delays(X, ts["delays"], runs=runs)
 
 
@@ -287,7 +313,7 @@ def score_predictions(design: Design, pred: np.ndarray, stats_spec: dict) -> dic
             pred,
             n_permutations=stats_spec["n_permutations"],
             test_folds=test_folds,
-            kind="circular",
+            kind=stats_spec["narrative_null"],
             random_state=stats_spec["random_state"],
         )
     return {
@@ -297,6 +323,32 @@ def score_predictions(design: Design, pred: np.ndarray, stats_spec: dict) -> dic
         dims.R_NULL_MEAN: null.null_mean,
         dims.R_NULL_P95: null.null_p95,
     }
+
+
+def roi_intervals(design: Design, pred: np.ndarray, roi, stats_spec: dict) -> dict[str, np.ndarray]:
+    """Bootstrap interval of each ROI's mean r, repeated on the ROI's voxels (NaN elsewhere).
+
+    Images resample stimuli (pooled r over fold-centred rows); narratives resample blocks of
+    TRs within each test fold (per-fold r averaged), as :func:`score_predictions` scores them.
+    """
+    stats_spec = {**STATS_DEFAULTS, **stats_spec}
+    roi = np.asarray(roi).astype(str)
+    res = bootstrap_roi_means(
+        design.Y,
+        pred,
+        roi,
+        [test for _, test in design.folds],
+        kind="stimuli" if design.kind == "images" else "blocks",
+        n_bootstrap=stats_spec["n_bootstrap"],
+        level=stats_spec["ci_level"],
+        random_state=stats_spec["random_state"],
+    )
+    low = np.full(roi.size, np.nan)
+    high = np.full(roi.size, np.nan)
+    for name, lo, hi in zip(res.rois, res.low, res.high, strict=True):
+        mask = roi == name if name != "all" else np.ones(roi.size, bool)
+        low[mask], high[mask] = lo, hi
+    return {dims.R_ROI_CI_LOW: low, dims.R_ROI_CI_HIGH: high}
 
 
 def _layer_depth(name: str, layer: xr.DataArray, position: int, n_layers: int) -> float:
@@ -372,6 +424,11 @@ def score_layers(
     )
     out: dict[str, list] = {}
     interpretations = {}
+    roi_labels = (
+        responses[dims.ROI].values
+        if dims.ROI in responses.coords
+        else np.full(len(design.Y.T), "all")
+    )
     for name, layer in tqdm(layers.items(), desc="layers", unit="layer"):
         if narrative:
             X = narrative_features_matrix(layer, responses, timeseries_spec, features_source)
@@ -384,6 +441,8 @@ def score_layers(
         result = cross_validated_predictions(X, design, encoder_spec, cv, context)
         scores = score_predictions(design, result.predictions, stats_spec)
         scores[dims.Q] = stats.fdr_bh(scores[dims.P])
+        if stats_spec["n_bootstrap"]:
+            scores.update(roi_intervals(design, result.predictions, roi_labels, stats_spec))
         n_voxels = design.Y.shape[1]
         scores[dims.ALPHA] = (
             np.median(result.alphas, axis=0)
@@ -430,8 +489,12 @@ def score_layers(
         **(attrs or {}),
         "encoder_kind": kind.name,
         "n_permutations": stats_spec["n_permutations"],
+        "ci_level": stats_spec["ci_level"],
+        "n_bootstrap": stats_spec["n_bootstrap"],
         "fdr_alpha": stats_spec["fdr_alpha"],
-        "null_kind": "circular shift" if narrative else "permuted stimulus labels",
+        "null_kind": NULL_NAMES.get(stats_spec["narrative_null"], stats_spec["narrative_null"])
+        if narrative
+        else "permuted stimulus labels",
         "scoring": "within each test fold" if narrative else "pooled out-of-fold",
         "n_folds": str(cv.get("n_folds", CV_DEFAULTS["n_folds"])),
         "package_version": __version__,

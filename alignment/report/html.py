@@ -204,8 +204,10 @@ def _roi_table_html(scores: xr.Dataset, table: pd.DataFrame, truth_rois: dict | 
     heads = ["ROI", "vertices", "best layer"]
     if truth_rois is not None:
         heads += ["planted layer", "recovered"]
+    has_ci = bool(table["r_ci_low"].notna().any()) if "r_ci_low" in table else False
+    level = float(scores.attrs.get("ci_level", 0.95))
+    heads += ["mean r"] + ([f"{100 * level:g}% CI (bootstrap)"] if has_ci else [])
     heads += [
-        "mean r",
         "null 95th pct.",
         "mean ceiling (R²)",
         "r/√ceiling",
@@ -228,6 +230,10 @@ def _roi_table_html(scores: xr.Dataset, table: pd.DataFrame, truth_rois: dict | 
         r_class = "num low" if below_null else "num"
         r_title = ' title="not above the null 95th percentile"' if below_null else ""
         cells.append(f'<td class="{r_class}"{r_title}>{_num(row["r"])}</td>')
+        if has_ci:
+            cells.append(
+                f'<td class="num">[{_num(row["r_ci_low"])}, {_num(row["r_ci_high"])}]</td>'
+            )
         cells.append(f'<td class="num">{_num(row["r_null_p95"])}</td>')
         cells.append(f'<td class="num">{_num(row["ceiling"])}</td>')
         over = np.isfinite(row["r_over_ceiling"]) and row["r_over_ceiling"] > 1
