@@ -118,6 +118,10 @@ CASES = {
     "cv.train_on (images only)": ({"cv": {"train_on": "trials"}}, _jobs(E, **PICS)),
     "cv.gap_trs (narratives only)": ({"cv": {"gap_trs": 3}}, _jobs(E, **STORY)),
     "stats": ({"stats": {"n_permutations": 21}}, _jobs(E, **PICS) | _jobs(E, **STORY)),
+    "stats.narrative_null (narratives only)": (
+        {"stats": {"narrative_null": "block"}},
+        _jobs(E, **STORY),
+    ),
     "timeseries.delays (encoders only)": ({"timeseries": {"delays": [1, 2, 3]}}, _jobs(E, **STORY)),
     "timeseries.detrend_order (ceiling too)": (
         {"timeseries": {"detrend_order": 2}},

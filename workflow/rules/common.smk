@@ -82,8 +82,9 @@ wildcard_constraints:
 # Cache honesty: each job's params hold exactly the config entries that change its numbers, so
 # Snakemake's params trigger reruns exactly the affected jobs and nothing else
 # (tests/test_reruns.py). Image experiments ignore timeseries and cv.gap_trs; narratives ignore
-# cv.train_on; a ceiling uses only the detrending entries of timeseries.
+# cv.train_on and stats.narrative_null; a ceiling uses only the detrending entries of timeseries.
 CV_ONLY_FOR = {"train_on": "images", "gap_trs": "narrative"}
+STATS_ONLY_FOR = {"narrative_null": "narrative"}
 CEILING_TIMESERIES = ("detrend", "detrend_order", "savgol_window_s")
 
 
@@ -91,6 +92,12 @@ def cv_spec(dataset):
     """The cv entries that change a dataset's numbers."""
     kind = DATASETS[dataset]["kind"]
     return {k: v for k, v in config.get("cv", {}).items() if CV_ONLY_FOR.get(k, kind) == kind}
+
+
+def stats_spec(dataset):
+    """The stats entries that change a dataset's numbers."""
+    kind = DATASETS[dataset]["kind"]
+    return {k: v for k, v in config.get("stats", {}).items() if STATS_ONLY_FOR.get(k, kind) == kind}
 
 
 def timeseries_spec(dataset, keys=None):
@@ -124,7 +131,7 @@ def encode_hash(wildcards):
             "model": config["models"][wildcards.model],
             "encoder": config["encoders"][wildcards.encoder],
             "cv": cv_spec(wildcards.dataset),
-            "stats": config.get("stats", {}),
+            "stats": stats_spec(wildcards.dataset),
             "timeseries": timeseries_spec(wildcards.dataset),
             "on_bad_voxels": DATASETS[wildcards.dataset].get("on_bad_voxels", "error"),
         }

@@ -47,7 +47,7 @@ rule encode:
     params:
         encoder=lambda wildcards: as_arg(config["encoders"][wildcards.encoder]),
         cv=lambda wildcards: as_arg(cv_spec(wildcards.dataset)),
-        stats=lambda wildcards: as_arg(config.get("stats", {})),
+        stats=lambda wildcards: as_arg(stats_spec(wildcards.dataset)),
         timeseries=lambda wildcards: as_arg(timeseries_spec(wildcards.dataset)),
         attrs=lambda wildcards: as_arg({"config_hash": encode_hash(wildcards)}),
         on_bad_voxels=lambda wildcards: DATASETS[wildcards.dataset].get("on_bad_voxels", "error"),
