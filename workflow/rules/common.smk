@@ -81,8 +81,9 @@ wildcard_constraints:
 
 # Cache honesty: each job's params hold exactly the config entries that change its numbers, so
 # Snakemake's params trigger reruns exactly the affected jobs and nothing else
-# (tests/test_reruns.py). Image experiments ignore timeseries and cv.gap_trs; narratives ignore
-# cv.train_on and stats.narrative_null; a ceiling uses only the detrending entries of timeseries.
+# (tests/test_reruns.py). Image experiments ignore timeseries, cv.gap_trs and
+# stats.narrative_null; narratives ignore cv.train_on; a ceiling uses only the detrending entries
+# of timeseries.
 CV_ONLY_FOR = {"train_on": "images", "gap_trs": "narrative"}
 STATS_ONLY_FOR = {"narrative_null": "narrative"}
 CEILING_TIMESERIES = ("detrend", "detrend_order", "savgol_window_s")
