@@ -206,7 +206,7 @@ def test_kill_9_mid_encode_leaves_nothing_and_a_rerun_gives_the_same_scores(stud
 
     root, _, _ = study
     features = tmp_path / "f.zarr"
-    spec = json.dumps({"kind": "random", "modality": "image", "n_units": 8, "n_layers": 4})
+    spec = json.dumps({"kind": "random", "modality": "image", "n_units": 64, "n_layers": 8})
     made = alignment_cli(
         "features",
         "--model",
@@ -228,7 +228,7 @@ def test_kill_9_mid_encode_leaves_nothing_and_a_rerun_gives_the_same_scores(stud
         "--cv",
         '{"n_folds": 3, "inner_folds": 2}',
         "--stats",
-        '{"n_permutations": 400}',
+        '{"n_permutations": 1000}',
         "--encoder-spec",
         '{"kind": "ridge", "backend": "numpy"}',
     ]
@@ -256,6 +256,6 @@ def test_kill_9_mid_encode_leaves_nothing_and_a_rerun_gives_the_same_scores(stud
     assert alignment_cli(*args, "--out", str(clean)).returncode == 0
     a = xr.load_dataset(killed, engine="h5netcdf")
     b = xr.load_dataset(clean, engine="h5netcdf")
-    assert list(a["layer"].values) == ["layer_00", "layer_01", "layer_02", "layer_03"]
+    assert list(a["layer"].values) == [f"layer_{i:02d}" for i in range(8)]
     for name in b.data_vars:
         assert a[name].values.tobytes() == b[name].values.tobytes(), name
