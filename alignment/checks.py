@@ -53,6 +53,8 @@ def check_folds(
             evaluation._fold_training_set(dummy, design, train, cv)
         # the statistics score within each test fold and need a few rows there
         stats._check_folds([test for _, test in design.folds], len(design.Y))
+    except InputError:
+        raise
     except ValueError as err:
         keys = "cv.n_folds, cv.inner_folds" + (", cv.gap_trs" if narrative else "")
         raise InputError(

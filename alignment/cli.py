@@ -79,6 +79,8 @@ def cmd_ceiling(args) -> None:
             timeseries_spec=args.timeseries,
             sources=[str(p) for p in args.responses],
         )
+    except InputError:
+        raise
     except ValueError as err:  # data that cannot give a ceiling (e.g. no repeats)
         raise InputError(f"{args.responses[args.index]}: no noise ceiling: {err}") from err
     write_netcdf(ds, args.out)

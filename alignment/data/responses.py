@@ -175,7 +175,8 @@ def align_ids(wanted, available, *, wanted_source: str, available_source: str) -
     if missing:
         raise InputError(
             f"stimulus ids do not match: {len(set(missing))} id(s) in {wanted_source} are not in "
-            f"{available_source} (first: {sorted(set(missing))[:5]}); the features must come from "
+            f"{available_source} (first: {[str(m) for m in sorted(set(missing))[:5]]}); "
+            "the features must come from "
             "the same stimulus set as the responses"
         )
     return np.array([index[sid] for sid in np.asarray(wanted, dtype=str)], dtype=np.int64)
