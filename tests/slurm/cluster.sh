@@ -16,9 +16,10 @@
 #
 # Job accounting: snakemake-executor-plugin-slurm follows job states with `sacct`, which reads
 # slurmdbd; slurmdbd stores into MariaDB (accounting_storage/slurmdbd). The node is declared with
-# SlurmdParameters=config_overrides as 8 CPUs, 64 GB and one stand-in GPU (gres gpu:1 on /dev/null), so that
-# the real profiles/slurm requests (up to 8 CPUs, 32 GB, --gpus=1 on partition gpu) are scheduled
-# unchanged on a 2-core test machine; no cgroup enforces them (proctrack/linuxproc, task/none).
+# SlurmdParameters=config_overrides as 8 CPUs, 64 GB and one stand-in GPU (gres gpu:1 on
+# /dev/null), so that the real profiles/slurm requests (up to 8 CPUs, 32 GB, --gpus=1 on partition
+# gpu) are scheduled unchanged on a 2-core test machine; no cgroup enforces them
+# (proctrack/linuxproc, task/none).
 set -euo pipefail
 
 ROOT=${SLURM_TEST_ROOT:-/tmp/alignment-slurm}
