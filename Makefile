@@ -12,11 +12,13 @@ export MPLBACKEND := Agg
 # rules call the `alignment` console script installed in the venv
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: demo test setup lint format clean help
+.PHONY: demo test test-slurm setup lint format clean help
 
 help:
 	@echo "make demo   - set up .venv and run the whole pipeline on the built-in demo"
 	@echo "make test   - set up .venv and run lint, format checks and the test suite"
+	@echo "make test-slurm - start a single-node SLURM cluster (root; Debian packages) and run the"
+	@echo "                  reduced demo through it with --profile profiles/slurm"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +49,12 @@ lint: setup
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+# A real SLURM cluster (munge, slurmctld, slurmd, slurmdbd + MariaDB from Debian's packages) set up
+# by tests/slurm/cluster.sh, the reduced demo through it, then the daemons torn down. Skips (with
+# the reason) without root or the packages.
+test-slurm: setup
+	ALIGNMENT_TEST_SLURM=1 $(BIN)/python -m pytest -q -rs -s tests/slurm
 
 format: setup
 	$(BIN)/ruff check --fix .

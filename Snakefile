@@ -18,6 +18,7 @@ include: "workflow/rules/scores.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/incontext.smk"
 include: "workflow/rules/group.smk"
+include: "workflow/rules/failures.smk"
 
 
 rule all:

@@ -35,14 +35,18 @@ def cmd_demo_data(args) -> None:
 def _read_stimuli(path: str):
     import pandas as pd
 
+    from alignment.io import require_file
     from alignment.stimuli.images import read_image_table
     from alignment.stimuli.narrative import read_word_table
     from alignment.stimuli.sentences import read_sentence_table
 
-    p = Path(path)
+    p = require_file(path, "stimulus file")
     if p.suffix.lower() == ".textgrid":
         return read_word_table(p)
-    head = pd.read_csv(p, sep="\t" if p.suffix != ".csv" else ",", nrows=1)
+    try:
+        head = pd.read_csv(p, sep="\t" if p.suffix != ".csv" else ",", nrows=1)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise InputError(f"{p}: not a readable stimulus table ({err})") from err
     if "word" in head.columns:
         return read_word_table(p)
     if "sentence" in head.columns:
@@ -65,6 +69,10 @@ def cmd_prepare_stimuli(args) -> None:
 def cmd_features(args) -> None:
     from alignment.features import extract_to_store
 
+    if args.spec.get("kind", "huggingface") == "huggingface" and "source" in args.spec:
+        from alignment.checks import check_model_source
+
+        check_model_source(str(args.spec["source"]), args.model)
     stimuli = _read_stimuli(args.stimuli)
     spec = dict(args.spec)
     if args.batch_size:
@@ -81,12 +89,19 @@ def cmd_ceiling(args) -> None:
     from alignment.io import write_netcdf
 
     responses = [load_responses(p, on_bad_voxels=args.on_bad_voxels) for p in args.responses]
-    ds = noise_ceiling(
-        responses,
-        index=args.index,
-        timeseries_spec=args.timeseries,
-        sources=[str(p) for p in args.responses],
-    )
+    if not 0 <= args.index < len(responses):
+        raise InputError(f"--index {args.index} is out of range for {len(responses)} responses")
+    try:
+        ds = noise_ceiling(
+            responses,
+            index=args.index,
+            timeseries_spec=args.timeseries,
+            sources=[str(p) for p in args.responses],
+        )
+    except InputError:
+        raise
+    except ValueError as err:  # data that cannot give a ceiling (e.g. no repeats)
+        raise InputError(f"{args.responses[args.index]}: no noise ceiling: {err}") from err
     write_netcdf(ds, args.out)
 
 
@@ -98,6 +113,7 @@ def cmd_encode(args) -> None:
     responses = load_responses(args.responses, on_bad_voxels=args.on_bad_voxels)
     layers = read_zarr_layers(args.features)
     feat_attrs = read_zarr_attrs(args.features)
+    _preflight_encode(args, responses, layers)
     ceiling = None
     if args.ceiling:
         c = read_netcdf(args.ceiling)
@@ -373,6 +389,27 @@ def cmd_query(args) -> None:
             fig.savefig(tmp, format="png", dpi=100)
 
 
+def _preflight_encode(args, responses, layers) -> None:
+    """Fail before fitting on data the folds or the stimulus timing cannot use."""
+    from alignment import dims
+    from alignment.checks import check_folds, check_word_timing
+    from alignment.data.responses import row_dim
+
+    check_folds(responses, args.cv, args.timeseries, args.responses)
+    if row_dim(responses) == dims.TIME and layers:
+        first = next(iter(layers.values()))
+        if dims.RUN in first.coords:
+            check_word_timing(responses, first, args.responses, args.features)
+
+
+def cmd_check_config(args) -> None:
+    from alignment.config import check_config, load_config
+
+    config = load_config(args.config)
+    check_config(config, args.schema, source=str(args.config))
+    print(f"{args.config}: OK")
+
+
 def cmd_rsa(args) -> None:
     from alignment.data.responses import load_responses
     from alignment.io import read_zarr_attrs, read_zarr_layers, write_netcdf
@@ -421,7 +458,16 @@ def cmd_summary(args) -> None:
     from alignment.io import write_text
     from alignment.report.summary import study_summary_lines
 
-    lines = study_summary_lines(args.scores, group=args.group, models=args.models)
+    present = [p for p in args.scores if Path(p).exists()] if args.allow_missing else args.scores
+    lines = study_summary_lines(present, group=args.group, models=args.models)
+    absent = [p for p in args.scores if p not in present]
+    if absent:
+        from alignment.failures import missing_lines
+
+        lines += [
+            f"INCOMPLETE RUN: {len(absent)} of {len(args.scores)} scores missing:",
+            *missing_lines({p: args.logs.get(p, []) for p in absent}),
+        ]
     text = "\n".join(lines) + "\n"
     write_text(args.out, text)
     print(text, end="")
@@ -622,6 +668,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-model", required=True, help="the image-text model (CLIP) folder or id")
     p.add_argument("--figure", help="PNG surface map of the first phrase")
     p.set_defaults(func=cmd_query)
+    p = sub.add_parser(
+        "check-config", help="validate a config file (schema, names, subject ids) and exit"
+    )
+    p.add_argument("config", nargs="?", default="config.yaml")
+    p.add_argument(
+        "--schema",
+        default=str(Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml"),
+        help="the workflow's config schema",
+    )
+    p.set_defaults(func=cmd_check_config)
 
     p = sub.add_parser("rsa", help="RDM correlation of every layer with every ROI (RSA)")
     p.add_argument("--responses", nargs="+", required=True, help="every subject's responses")
@@ -663,6 +719,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scores", nargs="+", required=True)
     p.add_argument("--group", type=_json, default={}, help="group statistics section (JSON)")
     p.add_argument("--models", type=_json, default={}, help="models section (JSON)")
+    p.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="summarise the scores that exist and name the missing ones (after a failed run)",
+    )
+    p.add_argument(
+        "--logs",
+        type=_json,
+        default={},
+        help="JSON: scores path -> job logs it depends on (upstream first), to name failures",
+    )
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_summary)
 
@@ -701,8 +768,10 @@ def main(argv=None) -> int:
     try:
         args.func(args)
     except InputError as err:
-        log.error("%s", err)
-        print(f"alignment {args.verb}: error: {err}", file=sys.stderr)
+        # one line, whatever a library underneath put in its message
+        message = " ".join(str(err).split())
+        log.error("%s", message)
+        print(f"alignment {args.verb}: error: {message}", file=sys.stderr)
         return 2
     return 0
 

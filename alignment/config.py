@@ -35,6 +35,18 @@ def _describe(error, schema: dict) -> str:
             if allowed
             else (f"{where}: unknown key {', '.join(hints)}")
         )
+    path = [str(p) for p in error.absolute_path]
+    if (
+        error.validator == "type"
+        and "subjects" in path
+        and isinstance(error.instance, int | float)
+        and not isinstance(error.instance, bool)
+    ):
+        # YAML reads 01 as the number 1: subject ids are strings, as in file names (sub-01)
+        return (
+            f"{_path(error)}: subject id {error.instance!r} is a number; quote subject ids "
+            f'(YAML reads 01 as 1): subjects: ["01", "02"]'
+        )
     return f"{_path(error)}: {error.message}"
 
 
@@ -113,3 +125,20 @@ def check_config(config: dict, schema_path: str | Path, source: str = "config.ya
 def config_hash(config: dict) -> str:
     """Short hash of the whole config (provenance)."""
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def load_config(path: str | Path) -> dict:
+    """Read a config file, naming the file (and the line) for a missing file or bad YAML."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: missing config file")
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise InputError(f"{where}: invalid YAML ({getattr(err, 'problem', err)})") from err
+    if not isinstance(config, dict):
+        kind = type(config).__name__
+        raise InputError(f"{path}: a config must be a mapping of sections, not {kind}")
+    return config

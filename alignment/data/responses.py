@@ -8,6 +8,7 @@ or (time, voxel) for narratives (coordinate ``run``), voxel coordinates ``roi``,
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,8 @@ import xarray as xr
 
 from alignment import dims
 from alignment.io import InputError, read_netcdf
+
+log = logging.getLogger(__name__)
 
 
 def make_responses(
@@ -95,6 +98,19 @@ def validate_responses(responses: xr.Dataset, source: str | Path = "responses", 
     row = row_dim(responses)
     if arr.dims != (row, dims.VOXEL):
         raise InputError(f"{source}: responses must have dims ({row!r}, 'voxel'), got {arr.dims}")
+    if row == dims.TIME:
+        tr = responses.attrs.get("tr")
+        try:
+            tr_ok = tr is not None and float(tr) > 0
+        except (TypeError, ValueError):
+            tr_ok = False
+        if not tr_ok:
+            raise InputError(
+                f"{source}: narrative responses need a positive 'tr' attribute (seconds); "
+                f"got {tr!r}"
+            )
+        if dims.RUN not in responses.coords:
+            raise InputError(f"{source}: narrative responses need a 'run' coordinate on 'time'")
     if row == dims.STIMULUS and dims.STIMULUS_ID not in responses.coords:
         raise InputError(f"{source}: image responses need a 'stimulus_id' coordinate on 'stimulus'")
     values = arr.values
@@ -113,6 +129,17 @@ def validate_responses(responses: xr.Dataset, source: str | Path = "responses", 
             )
         responses = responses.isel({dims.VOXEL: ~bad})
         responses.attrs["dropped_voxels"] = int(bad.sum())
+        log.warning(
+            "%s: dropping %d voxel(s) (%d with NaN/inf, %d constant) as on_bad_voxels: drop says; "
+            "%d remain",
+            source,
+            int(bad.sum()),
+            int(nonfinite.sum()),
+            int(constant.sum()),
+            responses.sizes[dims.VOXEL],
+        )
+        if responses.sizes[dims.VOXEL] == 0:
+            raise InputError(f"{source}: every voxel is NaN/inf or constant; nothing to analyse")
     if responses.sizes[row] < 10:
         raise InputError(f"{source}: only {responses.sizes[row]} rows; too few to cross-validate")
     return responses
@@ -148,7 +175,8 @@ def align_ids(wanted, available, *, wanted_source: str, available_source: str) -
     if missing:
         raise InputError(
             f"stimulus ids do not match: {len(set(missing))} id(s) in {wanted_source} are not in "
-            f"{available_source} (first: {sorted(set(missing))[:5]}); the features must come from "
+            f"{available_source} (first: {[str(m) for m in sorted(set(missing))[:5]]}); "
+            "the features must come from "
             "the same stimulus set as the responses"
         )
     return np.array([index[sid] for sid in np.asarray(wanted, dtype=str)], dtype=np.int64)

@@ -5,6 +5,7 @@ import shlex
 from alignment.config import check_config, config_hash
 from alignment.data.prepare import resolve_datasets, source_files
 from alignment.encoders import accepts
+from alignment.failures import SCORES_PATTERN
 
 check_config(config, workflow.source_path("../schemas/config.schema.yaml"))
 
@@ -177,3 +178,74 @@ wildcard_constraints:
     encoder="[^/]+",
     shard="[0-9]+",
     n_shards="[0-9]+",
+
+
+# Cache honesty: each job's params hold exactly the config entries that change its numbers, so
+# Snakemake's params trigger reruns exactly the affected jobs and nothing else
+# (tests/test_reruns.py). Image experiments ignore timeseries, cv.gap_trs and
+# stats.narrative_null; narratives ignore cv.train_on; a ceiling uses only the detrending entries
+# of timeseries.
+CV_ONLY_FOR = {"train_on": "images", "gap_trs": "narrative"}
+STATS_ONLY_FOR = {"narrative_null": "narrative"}
+CEILING_TIMESERIES = ("detrend", "detrend_order", "savgol_window_s")
+
+
+def cv_spec(dataset):
+    """The cv entries that change a dataset's numbers."""
+    kind = DATASETS[dataset]["kind"]
+    return {k: v for k, v in config.get("cv", {}).items() if CV_ONLY_FOR.get(k, kind) == kind}
+
+
+def stats_spec(dataset):
+    """The stats entries that change a dataset's numbers."""
+    kind = DATASETS[dataset]["kind"]
+    return {k: v for k, v in config.get("stats", {}).items() if STATS_ONLY_FOR.get(k, kind) == kind}
+
+
+def timeseries_spec(dataset, keys=None):
+    """The timeseries entries that change a dataset's numbers (none for images)."""
+    if DATASETS[dataset]["kind"] != "narrative":
+        return {}
+    ts = config.get("timeseries", {})
+    return {k: v for k, v in ts.items() if keys is None or k in keys}
+
+
+def ceiling_responses(wildcards):
+    """An image ceiling needs the subject's own repeats; a narrative's (inter-subject) needs every
+    subject's responses."""
+    if DATASETS[wildcards.dataset]["kind"] == "narrative":
+        return [
+            responses_path(wildcards.dataset, s) for s in DATASETS[wildcards.dataset]["subjects"]
+        ]
+    return [responses_path(wildcards.dataset, wildcards.subject)]
+
+
+def ceiling_index(wildcards):
+    if DATASETS[wildcards.dataset]["kind"] == "narrative":
+        return DATASETS[wildcards.dataset]["subjects"].index(wildcards.subject)
+    return 0
+
+
+def encode_hash(wildcards):
+    """Hash of every config entry an encode job's numbers depend on (provenance in Scores)."""
+    return config_hash(
+        {
+            "model": config["models"][wildcards.model],
+            "encoder": config["encoders"][wildcards.encoder],
+            "cv": cv_spec(wildcards.dataset),
+            "stats": stats_spec(wildcards.dataset),
+            "timeseries": timeseries_spec(wildcards.dataset),
+            "on_bad_voxels": DATASETS[wildcards.dataset].get("on_bad_voxels", "error"),
+        }
+    )
+
+
+def subject_config(subject):
+    """The config a subject's report shows: its datasets and what they use."""
+    datasets = {d: s for d, s in DATASETS.items() if subject in s["subjects"]}
+    used_models = {m for s in datasets.values() for m in s["models"]}
+    return {
+        **{k: v for k, v in config.items() if k not in ("datasets", "models", "demo")},
+        "datasets": datasets,
+        "models": {m: v for m, v in config["models"].items() if m in used_models},
+    }

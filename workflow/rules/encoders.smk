@@ -3,10 +3,7 @@
 
 rule ceiling:
     input:
-        # the inter-subject ceiling of a narrative needs every subject's responses
-        lambda wildcards: [
-            responses_path(wildcards.dataset, s) for s in DATASETS[wildcards.dataset]["subjects"]
-        ],
+        ceiling_responses,
     output:
         "results/sub-{subject}/{dataset}/ceiling.nc",
     log:
@@ -20,11 +17,11 @@ rule ceiling:
         mem_mb=2000,
         runtime=30,
     params:
-        index=lambda wildcards: DATASETS[wildcards.dataset]["subjects"].index(wildcards.subject),
-        timeseries=lambda wildcards: as_arg(config.get("timeseries", {})),
+        index=ceiling_index,
+        timeseries=lambda wildcards: as_arg(timeseries_spec(wildcards.dataset, CEILING_TIMESERIES)),
         on_bad_voxels=lambda wildcards: DATASETS[wildcards.dataset].get("on_bad_voxels", "error"),
     shell:
-        "alignment ceiling --responses {input} --index {params.index}"
+        "alignment ceiling --responses {input:q} --index {params.index}"
         " --timeseries {params.timeseries} --on-bad-voxels {params.on_bad_voxels}"
         " --out {output} > {log} 2>&1"
 
@@ -49,14 +46,14 @@ rule encode:
         runtime=120,
     params:
         encoder=lambda wildcards: as_arg(config["encoders"][wildcards.encoder]),
-        cv=lambda wildcards: as_arg(config.get("cv", {})),
-        stats=lambda wildcards: as_arg(config.get("stats", {})),
-        timeseries=lambda wildcards: as_arg(config.get("timeseries", {})),
-        attrs=lambda wildcards: as_arg({"config_hash": CONFIG_HASH}),
+        cv=lambda wildcards: as_arg(cv_spec(wildcards.dataset)),
+        stats=lambda wildcards: as_arg(stats_spec(wildcards.dataset)),
+        timeseries=lambda wildcards: as_arg(timeseries_spec(wildcards.dataset)),
+        attrs=lambda wildcards: as_arg({"config_hash": encode_hash(wildcards)}),
         on_bad_voxels=lambda wildcards: DATASETS[wildcards.dataset].get("on_bad_voxels", "error"),
         extra=encoder_input_args,
     shell:
-        "alignment encode --responses {input.responses} --features {input.features}"
+        "alignment encode --responses {input.responses:q} --features {input.features}"
         " --ceiling {input.ceiling} --encoder {wildcards.encoder} --encoder-spec {params.encoder}"
         " --cv {params.cv} --stats {params.stats} --timeseries {params.timeseries}"
         " --attrs {params.attrs} --on-bad-voxels {params.on_bad_voxels} {params.extra}"
@@ -88,10 +85,10 @@ rule encode_shard:
         runtime=120,
     params:
         encoder=lambda wildcards: as_arg(config["encoders"][wildcards.encoder]),
-        cv=lambda wildcards: as_arg(config.get("cv", {})),
-        stats=lambda wildcards: as_arg(config.get("stats", {})),
-        timeseries=lambda wildcards: as_arg(config.get("timeseries", {})),
-        attrs=lambda wildcards: as_arg({"config_hash": CONFIG_HASH}),
+        cv=lambda wildcards: as_arg(cv_spec(wildcards.dataset)),
+        stats=lambda wildcards: as_arg(stats_spec(wildcards.dataset)),
+        timeseries=lambda wildcards: as_arg(timeseries_spec(wildcards.dataset)),
+        attrs=lambda wildcards: as_arg({"config_hash": encode_hash(wildcards)}),
         on_bad_voxels=lambda wildcards: DATASETS[wildcards.dataset].get("on_bad_voxels", "error"),
         extra=encoder_input_args,
     shell:
@@ -149,10 +146,10 @@ rule encode_routing:
         runtime=240,
     params:
         encoder=lambda wildcards: as_arg(config["encoders"][wildcards.encoder]),
-        cv=lambda wildcards: as_arg(config.get("cv", {})),
-        stats=lambda wildcards: as_arg(config.get("stats", {})),
-        timeseries=lambda wildcards: as_arg(config.get("timeseries", {})),
-        attrs=lambda wildcards: as_arg({"config_hash": CONFIG_HASH}),
+        cv=lambda wildcards: as_arg(cv_spec(wildcards.dataset)),
+        stats=lambda wildcards: as_arg(stats_spec(wildcards.dataset)),
+        timeseries=lambda wildcards: as_arg(timeseries_spec(wildcards.dataset)),
+        attrs=lambda wildcards: as_arg({"config_hash": encode_hash(wildcards)}),
         on_bad_voxels=lambda wildcards: DATASETS[wildcards.dataset].get("on_bad_voxels", "error"),
         extra=encoder_input_args,
     shell:

@@ -21,4 +21,4 @@ rule features:
         spec=lambda wildcards: as_arg(config["models"][wildcards.model]),
     shell:
         "alignment features --model {wildcards.model} --spec {params.spec}"
-        " --stimuli {input.stimuli} --out {output} > {log} 2>&1"
+        " --stimuli {input.stimuli:q} --out {output} > {log} 2>&1"

@@ -25,7 +25,7 @@ rule meta_train:
         runtime=240,
     params:
         encoder=lambda wildcards: as_arg(config["encoders"][wildcards.encoder]),
-        cv=lambda wildcards: as_arg(config.get("cv", {})),
+        cv=lambda wildcards: as_arg(cv_spec(wildcards.dataset)),
     shell:
         "alignment meta-train --responses {input.responses} --features {input.features}"
         " --heldout {wildcards.subject} --encoder {wildcards.encoder}"
@@ -52,7 +52,7 @@ rule fewshot:
     params:
         encoder=lambda wildcards: as_arg(config["encoders"][wildcards.encoder]),
         ridge=lambda wildcards: as_arg(incontext_ridge_spec()),
-        cv=lambda wildcards: as_arg(config.get("cv", {})),
+        cv=lambda wildcards: as_arg(cv_spec(wildcards.dataset)),
         on_bad_voxels=lambda wildcards: DATASETS[wildcards.dataset].get("on_bad_voxels", "error"),
     shell:
         "alignment fewshot --responses {input.responses} --features {input.features}"
@@ -80,7 +80,7 @@ rule decode:
         runtime=60,
     params:
         encoder=lambda wildcards: as_arg(config["encoders"][wildcards.encoder]),
-        cv=lambda wildcards: as_arg(config.get("cv", {})),
+        cv=lambda wildcards: as_arg(cv_spec(wildcards.dataset)),
         on_bad_voxels=lambda wildcards: DATASETS[wildcards.dataset].get("on_bad_voxels", "error"),
     shell:
         "alignment decode --responses {input.responses} --features {input.features}"

@@ -23,7 +23,7 @@ rule report:
         mem_mb=2000,
         runtime=20,
     params:
-        config=lambda wildcards: as_arg(config),
+        config=lambda wildcards: as_arg(subject_config(wildcards.subject)),
         truth=lambda wildcards: (
             f"--truth {config['report']['truth']}" if config.get("report", {}).get("truth") else ""
         ),
