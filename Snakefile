@@ -9,6 +9,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/features.smk"
 include: "workflow/rules/encoders.smk"
+include: "workflow/rules/rsa.smk"
 include: "workflow/rules/scores.smk"
 include: "workflow/rules/report.smk"
 

@@ -83,6 +83,11 @@ def check_config(config: dict, schema_path: str | Path, source: str = "config.ya
                     problems.append(
                         f"datasets.{name}.encoders: {enc!r} is not defined under encoders"
                     )
+                elif encoders[enc].get("kind") == "rsa" and ds.get("kind") != "images":
+                    problems.append(
+                        f"datasets.{name}.encoders: {enc!r} is an rsa encoder, which needs "
+                        f"an image dataset (stimuli with repeats), not {ds.get('kind')!r}"
+                    )
             if ds.get("kind") == "narrative" and len(ds.get("subjects", [])) < 2:
                 problems.append(
                     f"datasets.{name}: a narrative needs >= 2 subjects (inter-subject ceiling)"

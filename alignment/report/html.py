@@ -551,6 +551,78 @@ def _plain(obj):
     return obj
 
 
+def _rsa_html(results: list[xr.Dataset], dpi: int) -> str:
+    """Representational similarity: per RSA result, a table, layer profiles and RDMs."""
+    from alignment.viz.rsa import plot_best_rdms, plot_rsa_profiles, rsa_table
+
+    out = ['<h2 id="rsa">Representational similarity</h2>']
+    out.append(
+        '<p class="note">RSA compares representational geometries instead of predicting '
+        "voxels: per ROI, the correlation-distance RDM of the subject's trial-averaged patterns "
+        "is compared with each layer's RDM (rank correlation unless the config says otherwise). "
+        "The noise ceiling comes from the other subjects: its upper bound compares each "
+        "subject's RDM with the mean of all subjects, its lower bound with the mean of the "
+        "others; a model reaching the lower bound explains what the data allow. The null "
+        "relabels the stimuli of the layer RDM.</p>"
+    )
+    for i, ds in enumerate(results):
+        a = ds.attrs
+        anchor = _slug("rsa", a.get("dataset", ""), a.get("model", ""), a.get("encoder", ""), i)
+        out.append(f'<section class="model" id="{anchor}">')
+        out.append(
+            f"<h3>{_e(a.get('model', '?'))} <small>· {_e(a.get('encoder', 'rsa'))} · "
+            f"{_e(a.get('dataset', '?'))}</small></h3>"
+        )
+        n_stim = ds.sizes.get("stimulus_i", 0)
+        out.append(
+            f'<div class="meta"><span><b>comparison:</b> {_e(a.get("method", "?"))}</span>'
+            f"<span><b>distance:</b> {_e(a.get('distance', '?'))}</span>"
+            f"<span><b>stimuli:</b> {n_stim}</span>"
+            f"<span><b>null:</b> {_e(a.get('null_kind', '?'))}, "
+            f"{_e(a.get('n_permutations', '?'))} permutations</span></div>"
+        )
+        table = rsa_table(ds)
+        rows = ["<table><caption>Best layer per ROI (highest RDM correlation).</caption><tr>"]
+        heads = ("ROI", "best layer", "RDM r", "p", "null 95th", "ceiling lower",
+                 "ceiling upper", "r / lower")  # fmt: skip
+        rows.append("".join(f"<th>{h}</th>" for h in heads) + "</tr>")
+        for _, row in table.iterrows():
+            low = "low" if not row["rdm_r"] > row["null_p95"] else ""
+            rows.append(
+                f"<tr><td>{_e(row['roi'])}</td><td>{_e(row['best_layer'] or 'n/a')}</td>"
+                f'<td class="num {low}">{_num(row["rdm_r"])}</td>'
+                f'<td class="num">{_num(row["p"], 4)}</td>'
+                f'<td class="num">{_num(row["null_p95"])}</td>'
+                f'<td class="num">{_num(row["ceiling_lower"])}</td>'
+                f'<td class="num">{_num(row["ceiling_upper"])}</td>'
+                f'<td class="num">{_num(row["r_over_lower"])}</td></tr>'
+            )
+        rows.append("</table>")
+        out.append("\n".join(rows))
+        figures = (
+            (
+                plot_rsa_profiles(ds),
+                "RSA layer profiles per ROI: correlation between each layer's RDM and the "
+                "ROI's RDM (blue), the subject-based noise ceiling from its lower to its upper "
+                "bound (yellow band), and the 95th percentile of the stimulus-label "
+                "permutation null (dashed). The star marks the best layer.",
+            ),
+            (
+                plot_best_rdms(ds),
+                "RDMs of each ROI (top) and of its best layer (bottom), as percentiles of the "
+                "correlation distances (1 - r between the patterns of two stimuli), stimuli in "
+                "the order of the responses.",
+            ),
+        )
+        for fig, caption in figures:
+            out.append(
+                f"<figure>{_img(figure_to_base64_png(fig, dpi=dpi), caption)}"
+                f"<figcaption>{_e(caption)}</figcaption></figure>"
+            )
+        out.append("</section>")
+    return "\n".join(out)
+
+
 # --------------------------------------------------------------------------------------------
 # public
 
@@ -563,6 +635,7 @@ def render_subject_report(
     truth: Mapping | None = None,
     *,
     dpi: int = 100,
+    rsa: Iterable[xr.Dataset | str | os.PathLike] = (),
 ) -> str:
     """Render the HTML report of one subject.
 
@@ -586,6 +659,8 @@ def render_subject_report(
         ``driver``) gets no verdict.
     dpi : int
         Resolution of the figures.
+    rsa : iterable of xarray.Dataset or path, optional
+        RSA results (``alignment rsa``), shown in a "Representational similarity" section.
 
     Returns
     -------
@@ -619,6 +694,9 @@ def render_subject_report(
                 label += f" ({baseline_label(s).split(' (')[0]})"
             toc.append(f'<li><a href="#{anchor}">{_e(label)}</a></li>')
         toc.append("</ul></li>")
+    rsa_items = [load_scores(r) for r in rsa]
+    if rsa_items:
+        toc.append('<li><a href="#rsa">Representational similarity</a></li>')
     toc.append('<li><a href="#provenance">Provenance</a></li></ul></div>')
     body.extend(toc)
 
@@ -639,6 +717,8 @@ def render_subject_report(
         for s, anchor in entries:
             body.append(_model_section(s, anchor, truth, dpi))
 
+    if rsa_items:
+        body.append(_rsa_html(rsa_items, dpi))
     body.append(_provenance_html(items, config, provenance))
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
@@ -657,8 +737,9 @@ def write_subject_report(
     truth: Mapping | None = None,
     *,
     dpi: int = 100,
+    rsa: Iterable[xr.Dataset | str | os.PathLike] = (),
 ) -> Path:
     """Render the report (see :func:`render_subject_report`) and write it atomically."""
-    text = render_subject_report(subject, scores_list, config, provenance, truth, dpi=dpi)
+    text = render_subject_report(subject, scores_list, config, provenance, truth, dpi=dpi, rsa=rsa)
     write_text(path, text)
     return Path(path)

@@ -4,6 +4,7 @@
 rule report:
     input:
         scores=lambda wildcards: subject_scores(wildcards.subject),
+        rsa=lambda wildcards: subject_rsa(wildcards.subject),
     output:
         report(
             "results/sub-{subject}/report.html",
@@ -25,6 +26,7 @@ rule report:
         truth=lambda wildcards: (
             f"--truth {config['report']['truth']}" if config.get("report", {}).get("truth") else ""
         ),
+        rsa=lambda wildcards, input: f"--rsa {input.rsa}" if input.rsa else "",
     shell:
         "alignment report --subject {wildcards.subject} --scores {input.scores}"
-        " --config-json {params.config} {params.truth} --out {output} > {log} 2>&1"
+        " --config-json {params.config} {params.truth} {params.rsa} --out {output} > {log} 2>&1"
