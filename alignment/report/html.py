@@ -420,6 +420,11 @@ def _model_section(scores: xr.Dataset, anchor: str, truth: Mapping | None, dpi: 
         "mean to 95th percentile (grey band, dashed line). Right: mean r/√ceiling over vertices "
         "with a positive ceiling. The star marks the best layer (highest mean r)."
     )
+    if profile["r_ci_low"].notna().any():
+        caption += (
+            f" Error bars: {float(scores.attrs.get('ci_level', 0.95)):.0%} bootstrap confidence "
+            "interval of the ROI-mean r (resampling stimuli, or blocks of TRs)."
+        )
     out.append(
         f"<figure>{_img(figure_to_base64_png(fig, dpi=dpi), caption)}"
         f"<figcaption>{_e(caption)}</figcaption></figure>"
