@@ -382,8 +382,15 @@ def rsa_scores(
         return means, np.asarray(ids), rois
 
     _, ids, rois = roi_patterns(responses[index])
-    names = [r for r in dict.fromkeys(rois.tolist()) if r != dims.NO_ROI]
     others = [roi_patterns(ds) for ds in responses]
+    # an RDM needs >= 2 voxels in the ROI of every subject
+    names = [
+        r
+        for r in dict.fromkeys(rois.tolist())
+        if r != dims.NO_ROI and all(np.sum(o[2] == r) >= 2 for o in others)
+    ]
+    if not names:
+        raise InputError("RSA needs an ROI with >= 2 voxels in every subject; none found")
     roi_rdms = {}
     ceilings = {}
     for name in names:

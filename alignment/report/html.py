@@ -574,8 +574,13 @@ def _rsa_html(results: list[xr.Dataset], dpi: int) -> str:
         a = ds.attrs
         anchor = _slug("rsa", a.get("dataset", ""), a.get("model", ""), a.get("encoder", ""), i)
         out.append(f'<section class="model" id="{anchor}">')
+        badge = (
+            f' <span class="badge untrained">{_e(baseline_label(ds).split(" (")[0])}</span>'
+            if is_untrained(ds)
+            else ""
+        )
         out.append(
-            f"<h3>{_e(a.get('model', '?'))} <small>· {_e(a.get('encoder', 'rsa'))} · "
+            f"<h3>{_e(a.get('model', '?'))}{badge} <small>· {_e(a.get('encoder', 'rsa'))} · "
             f"{_e(a.get('dataset', '?'))}</small></h3>"
         )
         n_stim = ds.sizes.get("stimulus_i", 0)
