@@ -45,6 +45,18 @@ def _read_stimuli(path: str):
     return read_word_table(p) if "word" in head.columns else read_image_table(p)
 
 
+def cmd_prepare_responses(args) -> None:
+    from alignment.data.prepare import prepare_responses
+
+    prepare_responses(args.spec, args.subject, args.dataset, args.out)
+
+
+def cmd_prepare_stimuli(args) -> None:
+    from alignment.data.prepare import prepare_stimuli
+
+    prepare_stimuli(args.spec, args.subjects, args.dataset, args.out)
+
+
 def cmd_features(args) -> None:
     from alignment.features import extract_features
     from alignment.io import write_zarr_layers
@@ -243,6 +255,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="data/demo")
     p.add_argument("--params", type=_json, default={}, help="JSON overrides of the demo parameters")
     p.set_defaults(func=cmd_demo_data)
+
+    p = sub.add_parser(
+        "prepare-responses", help="read one subject of a dataset entry into a Responses netCDF"
+    )
+    p.add_argument("--dataset", required=True, help="dataset name in the config")
+    p.add_argument("--subject", required=True)
+    p.add_argument("--spec", type=_json, required=True, help="the dataset entry (JSON)")
+    p.add_argument("--out", required=True, help="Responses netCDF to write")
+    p.set_defaults(func=cmd_prepare_responses)
+
+    p = sub.add_parser("prepare-stimuli", help="stimulus table of a published dataset")
+    p.add_argument("--dataset", required=True, help="dataset name in the config")
+    p.add_argument("--subjects", nargs="+", required=True)
+    p.add_argument("--spec", type=_json, required=True, help="the dataset entry (JSON)")
+    p.add_argument("--out", required=True, help="TSV to write")
+    p.set_defaults(func=cmd_prepare_stimuli)
 
     p = sub.add_parser("features", help="extract layerwise features of a stimulus set")
     p.add_argument("--model", required=True, help="model name in the config")

@@ -24,7 +24,7 @@ from alignment import dims
 from alignment.io import write_text
 from alignment.report.tables import load_scores, roi_table
 from alignment.viz.brainmaps import (
-    SUPPORTED_SPACES,
+    SURFACE_SPACES,
     _fdr_alpha,
     _sorted_by_layer,
     baseline_label,
@@ -32,7 +32,8 @@ from alignment.viz.brainmaps import (
     check_scores,
     figure_to_base64_png,
     is_untrained,
-    plot_surface_map,
+    map_kind,
+    plot_brain_map,
     roi_groups,
     scores_title,
 )
@@ -277,14 +278,14 @@ def _best_layer_overall(scores: xr.Dataset) -> tuple[int, str, float]:
 
 def _maps_html(scores: xr.Dataset, dpi: int) -> str:
     space = str(scores.attrs.get("space", "fsaverage5"))
-    if space not in SUPPORTED_SPACES or not {dims.HEMI, dims.VERTEX} <= set(scores.coords):
+    if map_kind(scores) is None:
         return (
-            f'<p class="note">No brain maps: they are drawn on {_e(", ".join(SUPPORTED_SPACES))}'
-            f" surfaces with hemi/vertex coordinates; these Scores are in space {_e(space)}.</p>"
+            '<p class="note">No brain maps: they are drawn on surfaces '
+            f"({_e(', '.join(SURFACE_SPACES))}; other than fsaverage5 with a mesh), volumes with"
+            " i/j/k and an affine, or as a chart"
+            f" of ROI-level data; these Scores are in space {_e(space)} without those.</p>"
         )
     scores = _sorted_by_layer(scores)
-    hemi = scores[dims.HEMI].values
-    vertex = scores[dims.VERTEX].values
     alpha = _fdr_alpha(scores, None)
     label = scores_title(scores)
     figures = []
@@ -296,11 +297,9 @@ def _maps_html(scores: xr.Dataset, dpi: int) -> str:
     else:
         codes = list(range(len(names)))
     n_sig = int(np.isfinite(best.values).sum())
-    fig = plot_surface_map(
+    fig = plot_brain_map(
         best.values,
-        hemi,
-        vertex,
-        space=space,
+        scores,
         title=f"Best layer per vertex (q < {alpha:g} in some layer)\n{label}",
         cmap="viridis",
         categorical_labels=dict(zip(codes, names, strict=True)),
@@ -321,11 +320,9 @@ def _maps_html(scores: xr.Dataset, dpi: int) -> str:
     sig = q < alpha
     r_shown = np.where(sig, r, np.nan)
     top = np.nanpercentile(r_shown, 99) if sig.any() else 1.0
-    fig = plot_surface_map(
+    fig = plot_brain_map(
         r_shown,
-        hemi,
-        vertex,
-        space=space,
+        scores,
         title=f"r at {name} (best layer overall, mean r = {mean_r:.3f}), q < {alpha:g}\n{label}",
         cmap="inferno",
         vmin=0.0,
@@ -347,11 +344,9 @@ def _maps_html(scores: xr.Dataset, dpi: int) -> str:
         n_shown = int(np.isfinite(ratio_shown).sum())
         top = np.nanpercentile(ratio_shown, 99) if n_shown else 1.0
         top = float(np.clip(top, 0.05, 1.0))
-        fig = plot_surface_map(
+        fig = plot_brain_map(
             ratio_shown,
-            hemi,
-            vertex,
-            space=space,
+            scores,
             title=f"r / √ceiling at {name}, q < {alpha:g}\n{label}",
             cmap="viridis",
             vmin=0.0,
