@@ -360,8 +360,13 @@ def test_config_with_rsa_dry_runs_listing_rsa_jobs(tmp_path):
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out.stdout + out.stderr, flags=re.M))
-    # 2 subjects x 2 image models; the narrative dataset (all encoders by default) has none
-    assert counts["rsa"] == "4" and counts["encode"] == "6" and counts["report"] == "2"
+    # one job per subject and pooled image model; the narrative dataset (all encoders by
+    # default) has none, and rsa adds no encode job
+    images = config["datasets"]["demo-images"]
+    n_subjects = len({s for d in config["datasets"].values() for s in d["subjects"]})
+    assert int(counts["rsa"]) == len(images["subjects"]) * len(images["models"])
+    n_encode = sum(len(d["subjects"]) * len(d["models"]) for d in config["datasets"].values())
+    assert int(counts["encode"]) == n_encode and int(counts["report"]) == n_subjects
     schema = REPO / "workflow" / "schemas" / "config.schema.yaml"
     config["datasets"]["demo-narrative"]["encoders"] = ["rsa"]
     with pytest.raises(InputError, match="rsa encoder, which needs an image dataset"):
