@@ -413,20 +413,42 @@ def cmd_check_config(args) -> None:
 def cmd_rsa(args) -> None:
     from alignment.data.responses import load_responses
     from alignment.io import read_zarr_attrs, read_zarr_layers, write_netcdf
-    from alignment.metrics.rsa import rsa_scores
+    from alignment.metrics.rsa import METHODS, rsa_scores
 
     responses = [load_responses(p) for p in args.responses]
+    if not 0 <= args.index < len(responses):
+        raise InputError(f"--index {args.index} outside the {len(responses)} --responses given")
     spec = args.encoder_spec
+    method = spec.get("method", "spearman")
+    if method not in METHODS:
+        raise InputError(f"rsa encoder: method must be one of {METHODS}, got {method!r}")
+    feat_attrs = read_zarr_attrs(args.features)
+    from alignment.encoders.registry import select_layers
+
+    layers = select_layers(spec, read_zarr_layers(args.features), str(args.features))
+    attrs = {
+        "model": feat_attrs.get("model", ""),
+        "model_source": feat_attrs.get("model_source", ""),
+        "untrained": int(bool(feat_attrs.get("untrained", False))),
+        "control": int(feat_attrs.get("control", 0)),
+        "encoder": args.encoder,
+        "encoder_kind": "rsa",
+        "responses": str(args.responses[args.index]),
+        **{k: v for k, v in responses[args.index].attrs.items() if k in ("dataset", "subject")},
+        **args.attrs,
+    }
     ds = rsa_scores(
         responses,
         args.index,
-        read_zarr_layers(args.features),
-        method=spec.get("method", "spearman"),
-        n_permutations=args.stats.get("n_permutations", 1000),
-        random_state=args.stats.get("random_state", 0),
-        attrs={"model": read_zarr_attrs(args.features).get("model", ""), "encoder": "rsa"},
+        layers,
+        method=method,
+        n_permutations=spec.get("n_permutations", args.stats.get("n_permutations", 1000)),
+        random_state=spec.get("random_state", args.stats.get("random_state", 0)),
+        attrs=attrs,
     )
     write_netcdf(ds, args.out)
+    log.info("wrote RSA of %d layers x %d ROIs to %s", ds.sizes["layer"], ds.sizes["roi_name"],
+             args.out)  # fmt: skip
 
 
 def cmd_report(args) -> None:
@@ -451,6 +473,7 @@ def cmd_report(args) -> None:
         truth=truth,
         attention=attention,
         extra_sections=extra,
+        rsa=[read_netcdf(p) for p in args.rsa],
     )
 
 
@@ -683,8 +706,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--responses", nargs="+", required=True, help="every subject's responses")
     p.add_argument("--index", type=int, required=True, help="position of the subject scored")
     p.add_argument("--features", required=True)
-    p.add_argument("--encoder-spec", type=_json, default={})
+    p.add_argument("--encoder", default="rsa", help="encoder name in the config")
+    p.add_argument("--encoder-spec", type=_json, default={}, help="the rsa encoder's spec (JSON)")
     p.add_argument("--stats", type=_json, default={})
+    p.add_argument("--attrs", type=_json, default={}, help="provenance attrs (JSON)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_rsa)
 
@@ -712,6 +737,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="scaling and decoding tables of the in-context encoder (alignment fewshot/decode)",
     )
+    p.add_argument("--rsa", nargs="*", default=[], help="RSA results (rsa.nc) of the subject")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_report)
 

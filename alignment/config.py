@@ -95,6 +95,11 @@ def check_config(config: dict, schema_path: str | Path, source: str = "config.ya
                     problems.append(
                         f"datasets.{name}.encoders: {enc!r} is not defined under encoders"
                     )
+                elif encoders[enc].get("kind") == "rsa" and ds.get("kind") != "images":
+                    problems.append(
+                        f"datasets.{name}.encoders: {enc!r} is an rsa encoder, which needs "
+                        f"an image dataset (stimuli with repeats), not {ds.get('kind')!r}"
+                    )
             # LeBel et al.: the repeated test story can give the ceiling of a single subject
             if (
                 ds.get("kind") == "narrative"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from itertools import combinations
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from scipy import stats
 from scipy.spatial.distance import pdist, squareform
 
+from alignment.io import InputError
 from alignment.metrics.rsa import (
     compare_rdms,
     kendall_tau_a,
@@ -166,36 +168,210 @@ def test_k92_animacy_model_beats_the_label_permutation_null(k92):
     assert v1 < 0.1
 
 
-def test_rsa_scores_find_the_layer_that_shaped_an_roi():
+N_IMG = 30
+
+
+def _planted():
+    """3 subjects: ROI A carries the geometry of layer 'good' (plus noise), ROI B none."""
     import xarray as xr
 
     from alignment import dims
     from alignment.data.responses import make_responses
-    from alignment.metrics.rsa import rsa_scores
 
     rng = np.random.default_rng(6)
-    n_img = 30
-    ids = np.array([f"s{i:02d}" for i in range(n_img)])
-    good = rng.standard_normal((n_img, 20))
-    other = rng.standard_normal((n_img, 20))
+    ids = np.array([f"s{i:02d}" for i in range(N_IMG)])
+    good = rng.standard_normal((N_IMG, 20))
+    other = rng.standard_normal((N_IMG, 20))
     subjects = []
-    for _ in range(3):
+    for k in range(3):
         w = rng.standard_normal((20, 40))
-        data = np.concatenate([good @ w, rng.standard_normal((n_img, 40))], axis=1)
-        data = np.tile(data, (2, 1)) + 2.0 * rng.standard_normal((2 * n_img, 80))
+        data = np.concatenate([good @ w, rng.standard_normal((N_IMG, 40))], axis=1)
+        data = np.tile(data, (2, 1)) + 2.0 * rng.standard_normal((2 * N_IMG, 80))
         subjects.append(
             make_responses(data, kind="images", stimulus_id=np.tile(ids, 2),
-                           repetition=np.repeat([0, 1], n_img), session=np.repeat([0, 1], n_img),
-                           roi=["A"] * 40 + ["B"] * 40)
+                           repetition=np.repeat([0, 1], N_IMG), session=np.repeat([0, 1], N_IMG),
+                           roi=["A"] * 40 + ["B"] * 40,
+                           attrs={"dataset": "toy", "subject": f"{k + 1:02d}"})
         )  # fmt: skip
     layers = {
         name: xr.DataArray(f, dims=(dims.STIMULUS, dims.UNIT),
                            coords={dims.STIMULUS_ID: (dims.STIMULUS, ids)})
         for name, f in {"good": good, "other": other}.items()
     }  # fmt: skip
-    out = rsa_scores(subjects, 0, layers, n_permutations=99)
+    return subjects, layers
+
+
+@pytest.fixture(scope="module")
+def planted():
+    return _planted()
+
+
+@pytest.fixture(scope="module")
+def planted_rsa(planted):
+    from alignment.metrics.rsa import rsa_scores
+
+    subjects, layers = planted
+    return rsa_scores(subjects, 0, layers, n_permutations=99, random_state=3,
+                      attrs={"dataset": "toy", "subject": "01", "model": "m"})  # fmt: skip
+
+
+def test_rsa_scores_find_the_layer_that_shaped_an_roi(planted_rsa):
+    out = planted_rsa
     assert out["rdm_r"].sel(layer="good", roi_name="A") > 0.3
     assert out["p"].sel(layer="good", roi_name="A") == pytest.approx(0.01)
     assert abs(float(out["rdm_r"].sel(layer="other", roi_name="A"))) < 0.15
     assert float(out["ceiling_lower"].sel(roi_name="A")) > 0.2
-    assert out["roi_rdm"].shape == (2, n_img, n_img)
+    assert out["roi_rdm"].shape == (2, N_IMG, N_IMG)
+    assert list(out["layer_index"].values) == [0, 1]
+
+
+def test_rsa_scores_batched_null_equals_the_direct_permutation_test(planted_rsa):
+    # rsa_scores draws one set of permutations for every layer and ROI, in the order
+    # rdm_permutation_test draws them: same seed, same null
+    for layer in ("good", "other"):
+        for roi in ("A", "B"):
+            obs, p, null = rdm_permutation_test(
+                planted_rsa["layer_rdm"].sel(layer=layer).values,
+                planted_rsa["roi_rdm"].sel(roi_name=roi).values,
+                n_permutations=99,
+                random_state=3,
+                return_null=True,
+            )
+            cell = planted_rsa.sel(layer=layer, roi_name=roi)
+            assert float(cell["rdm_r"]) == pytest.approx(obs, abs=1e-12)
+            assert float(cell["p"]) == pytest.approx(p)
+            assert float(cell["null_p95"]) == pytest.approx(np.percentile(null, 95), abs=1e-12)
+
+
+def test_rsa_scores_kendall_path_agrees_with_compare_rdms(planted):
+    from alignment.metrics.rsa import rsa_scores
+
+    subjects, layers = planted
+    out = rsa_scores(subjects, 1, layers, method="kendall_tau_a", n_permutations=5)
+    direct = compare_rdms(out["layer_rdm"].sel(layer="good").values,
+                          out["roi_rdm"].sel(roi_name="A").values, "kendall_tau_a")  # fmt: skip
+    assert float(out["rdm_r"].sel(layer="good", roi_name="A")) == pytest.approx(direct)
+
+
+def test_rsa_verb_writes_a_valid_rsa_file_and_rejects_bad_input(planted, tmp_path):
+    import xarray as xr
+
+    from alignment.cli import main
+    from alignment.io import write_netcdf, write_zarr_layers
+
+    subjects, layers = planted
+    paths = []
+    for k, ds in enumerate(subjects):
+        paths.append(str(tmp_path / f"sub-{k}.nc"))
+        write_netcdf(ds, paths[-1])
+    write_zarr_layers(layers, tmp_path / "f.zarr", {"model": "toy-model"})
+    args = ["rsa", "--responses", *paths, "--features", str(tmp_path / "f.zarr")]
+    out = tmp_path / "rsa.nc"
+    spec = '{"kind": "rsa", "n_permutations": 19, "layers": ["good"]}'
+    assert main([*args, "--index", "2", "--encoder-spec", spec, "--out", str(out)]) == 0
+    with xr.open_dataset(out) as ds:
+        assert list(ds["layer"].values) == ["good"]  # the spec's layers
+        assert set(ds.data_vars) >= {"rdm_r", "p", "null_p95", "ceiling_lower", "ceiling_upper",
+                                     "roi_rdm", "layer_rdm"}  # fmt: skip
+        assert ds.attrs["subject"] == "03" and ds.attrs["model"] == "toy-model"
+        assert ds.attrs["n_permutations"] == 19 and ds.attrs["method"] == "spearman"
+        assert float(ds["p"].sel(layer="good", roi_name="A")) == pytest.approx(0.05)
+    bad = tmp_path / "bad.nc"
+    assert main([*args, "--index", "5", "--out", str(bad)]) == 2
+    assert main([*args, "--index", "0", "--encoder-spec", '{"method": "cosine"}',
+                 "--out", str(bad)]) == 2  # fmt: skip
+    assert not bad.exists()
+
+
+def test_report_renders_the_rsa_section(planted_rsa):
+    import re
+
+    from test_viz import make_scores
+
+    from alignment.report.html import render_subject_report
+
+    scores = make_scores().assign_attrs(space="MNI152")  # no brain maps: one figure
+    html = render_subject_report("01", [scores], {}, {}, dpi=30, rsa=[planted_rsa])
+    assert '<h2 id="rsa">Representational similarity</h2>' in html
+    assert 'href="#rsa"' in html
+    assert len(re.findall(r"data:image/png;base64,", html)) == 1 + 2  # + profiles and RDMs
+    assert "noise ceiling from its lower to its upper bound" in html
+    # best layer of ROI A is the planted one, with its p
+    assert re.search(r"<td>A</td><td>good</td><td class=\"num \">0\.\d+</td>"
+                     r"<td class=\"num\">0\.0100</td>", html)  # fmt: skip
+
+
+def test_rsa_figures(planted_rsa):
+    from alignment.io import InputError
+    from alignment.viz.rsa import plot_best_rdms, plot_rsa_profiles, rsa_table
+
+    table = rsa_table(planted_rsa)
+    assert next(iter(table["best_layer"])) == "good"
+    fig = plot_rsa_profiles(planted_rsa)
+    assert "best good" in fig.axes[0].get_title(loc="left")
+    assert len(plot_best_rdms(planted_rsa).axes) == 2 * 2 + 1  # 2 ROIs x (ROI, layer) + colorbar
+    with pytest.raises(InputError, match="null_p95"):
+        plot_rsa_profiles(planted_rsa.drop_vars("null_p95"))
+
+
+def test_layer_profile_shows_the_bootstrap_interval():
+    from test_viz import PLANTED, make_scores
+
+    from alignment import dims
+    from alignment.viz.profiles import plot_layer_profiles, roi_layer_profile
+
+    scores = make_scores()
+    assert roi_layer_profile(scores)["r_ci_low"].isna().all()
+    roi = scores[dims.ROI].values
+    low = np.full(scores[dims.R].shape, np.nan)
+    for k, name in enumerate(PLANTED):
+        low[:, roi == name] = 0.01 * (k + 1)
+    scores = scores.assign({dims.R_ROI_CI_LOW: ((dims.LAYER, dims.VOXEL), low),
+                            dims.R_ROI_CI_HIGH: ((dims.LAYER, dims.VOXEL), low + 0.3)})  # fmt: skip
+    prof = roi_layer_profile(scores)
+    mid = prof[prof["roi"] == "mid"]
+    np.testing.assert_allclose(mid["r_ci_low"], 0.02)
+    np.testing.assert_allclose(mid["r_ci_high"], 0.32)
+    fig = plot_layer_profiles(scores, prof)
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert "95% bootstrap CI" in labels
+
+
+def test_config_with_rsa_dry_runs_listing_rsa_jobs(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+    from test_workflow import REPO, TINY
+
+    from alignment.config import check_config
+
+    config = yaml.safe_load(yaml.safe_dump(TINY))
+    config["encoders"]["rsa"] = {"kind": "rsa", "method": "kendall_tau_a", "n_permutations": 9}
+    config["datasets"]["demo-images"]["encoders"] = ["ridge", "rsa"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    bin_dir = Path(sys.executable).parent
+    out = subprocess.run(
+        [str(bin_dir / "snakemake"), "-s", str(REPO / "Snakefile"), "--directory",
+         str(tmp_path), "-n", "--cores", "1", "--quiet", "rules"],
+        capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out.stdout + out.stderr, flags=re.M))
+    # one job per subject and pooled image model; the narrative dataset (all encoders by
+    # default) has none, and rsa adds no encode job
+    images = config["datasets"]["demo-images"]
+    n_subjects = len({s for d in config["datasets"].values() for s in d["subjects"]})
+    assert int(counts["rsa"]) == len(images["subjects"]) * len(images["models"])
+    n_encode = sum(len(d["subjects"]) * len(d["models"]) for d in config["datasets"].values())
+    assert int(counts["encode"]) == n_encode and int(counts["report"]) == n_subjects
+    schema = REPO / "workflow" / "schemas" / "config.schema.yaml"
+    config["datasets"]["demo-narrative"]["encoders"] = ["rsa"]
+    with pytest.raises(InputError, match="rsa encoder, which needs an image dataset"):
+        check_config(config, schema)
+    config["datasets"]["demo-narrative"]["encoders"] = ["ridge"]
+    config["encoders"]["rsa"]["method"] = "cosine"
+    with pytest.raises(InputError, match="cosine"):
+        check_config(config, schema)

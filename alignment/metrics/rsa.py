@@ -279,6 +279,59 @@ def linear_cka(x, y) -> float:
     return num / den if den > 0 else float("nan")
 
 
+def _layer_nulls(model_rdms, roi_rdms, method, n_permutations, rng, batch=100):
+    """Observed comparisons and stimulus-label nulls of several model RDMs against ROI RDMs.
+
+    One set of permutations serves every model RDM (layer) and every ROI. For Spearman and
+    Pearson a relabelled model vector is a rearrangement of the observed one (same mean and
+    spread), so a batch of permutations is one gather and one matrix product per layer;
+    Kendall's tau-a (and RDMs with NaN or no spread) go through :func:`compare_rdms`.
+
+    Returns
+    -------
+    observed : ndarray (n_layers, n_rois)
+    null : ndarray (n_layers, n_permutations, n_rois)
+    """
+    n = roi_rdms.shape[-1]
+    n_perm = int(n_permutations)
+    iu, ju = np.triu_indices(n, 1)
+    data = roi_rdms[:, iu, ju]
+    models = model_rdms[:, iu, ju]
+    observed = np.empty((len(models), len(data)))
+    null = np.empty((len(models), n_perm, len(data)))
+    fast = method in ("spearman", "pearson") and np.all(np.isfinite(data))
+    fast = fast and np.all(np.isfinite(models)) and np.all(np.ptp(models, axis=1) > 0)
+    if not fast:
+        for k in range(len(models)):
+            observed[k] = [compare_rdms(models[k], d, method) for d in data]
+        for i in range(n_perm):
+            perm = rng.permutation(n)
+            for k, m in enumerate(model_rdms):
+                null[k, i] = [compare_rdms(m[perm[iu], perm[ju]], d, method) for d in data]
+        return observed, null
+
+    def standardise(v):
+        if method == "spearman":
+            v = stats.rankdata(v, axis=-1)
+        v = v - v.mean(axis=-1, keepdims=True)
+        sd = v.std(axis=-1, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(sd > 0, v / sd, np.nan)
+
+    n_pairs = iu.size
+    z_data = (standardise(data) / n_pairs).T  # (n_pairs, n_rois); NaN for a constant RDM
+    z_models = np.zeros((len(models), n, n))
+    z_models[:, iu, ju] = standardise(models)
+    z_models = (z_models + z_models.transpose(0, 2, 1)).reshape(len(models), n * n)
+    observed[:] = z_models[:, iu * n + ju] @ z_data
+    for lo in range(0, n_perm, batch):
+        perms = np.stack([rng.permutation(n) for _ in range(min(batch, n_perm - lo))])
+        flat = perms[:, iu] * n + perms[:, ju]  # where each relabelled pair lies
+        for k in range(len(models)):
+            null[k, lo : lo + len(perms)] = np.take(z_models[k], flat) @ z_data
+    return observed, null
+
+
 def rsa_scores(
     responses: list,
     index: int,
@@ -303,11 +356,15 @@ def rsa_scores(
         RDM comparison (:func:`compare_rdms`).
     n_permutations : int
         Stimulus-label permutations of the null.
+    random_state : int or Generator
+    attrs : dict, optional
+        Provenance copied into the result's attrs.
 
     Returns
     -------
     xarray.Dataset
-        Variables ``rdm_r`` and ``p`` (layer, roi_name), ``ceiling_lower`` and
+        Variables ``rdm_r``, ``p`` and the null's 95th percentile ``null_p95`` (layer,
+        roi_name; one set of stimulus permutations serves every ROI), ``ceiling_lower`` and
         ``ceiling_upper`` (roi_name), the subject's ROI RDMs ``roi_rdm`` (roi_name, stimulus_i,
         stimulus_j) and the layers' ``layer_rdm`` (layer, stimulus_i, stimulus_j).
     """
@@ -315,6 +372,7 @@ def rsa_scores(
 
     from alignment import dims, timeseries
     from alignment.data.responses import average_repeats
+    from alignment.io import InputError
 
     def roi_patterns(ds):
         sessions = ds[dims.SESSION].values if dims.SESSION in ds.coords else None
@@ -324,8 +382,15 @@ def rsa_scores(
         return means, np.asarray(ids), rois
 
     _, ids, rois = roi_patterns(responses[index])
-    names = [r for r in dict.fromkeys(rois.tolist()) if r != dims.NO_ROI]
     others = [roi_patterns(ds) for ds in responses]
+    # an RDM needs >= 2 voxels in the ROI of every subject
+    names = [
+        r
+        for r in dict.fromkeys(rois.tolist())
+        if r != dims.NO_ROI and all(np.sum(o[2] == r) >= 2 for o in others)
+    ]
+    if not names:
+        raise InputError("RSA needs an ROI with >= 2 voxels in every subject; none found")
     roi_rdms = {}
     ceilings = {}
     for name in names:
@@ -333,7 +398,9 @@ def rsa_scores(
         for means, other_ids, other_rois in others:
             order = {s: i for i, s in enumerate(other_ids)}
             if set(order) != set(ids.tolist()):
-                raise ValueError("RSA needs every subject to have seen the same stimuli")
+                raise InputError(
+                    "RSA needs every subject of the dataset to have seen the same stimuli"
+                )
             rows = [order[s] for s in ids]
             group.append(rdm(means[rows][:, other_rois == name]))
         roi_rdms[name] = group[index]
@@ -342,24 +409,37 @@ def rsa_scores(
             ceilings[name] = (c.lower, c.upper)
         else:
             ceilings[name] = (np.nan, np.nan)
-    layer_rdms, r, p = {}, [], []
+    layer_rdms = {}
     for lname, layer in layers.items():
         position = {s: i for i, s in enumerate(layer[dims.STIMULUS_ID].values.astype(str))}
-        feats = np.asarray(layer.values, dtype=float)[[position[s] for s in ids]]
-        layer_rdms[lname] = rdm(feats)
-        row_r, row_p = [], []
-        for name in names:
-            obs, pv = rdm_permutation_test(
-                layer_rdms[lname], roi_rdms[name], method, n_permutations, random_state
+        missing = [s for s in ids if s not in position]
+        if missing:
+            raise InputError(
+                f"features of layer {lname!r} lack stimuli of the responses, e.g. {missing[:3]}"
             )
-            row_r.append(obs)
-            row_p.append(pv)
-        r.append(row_r)
-        p.append(row_p)
+        feats = np.asarray(layer.values, dtype=float)
+        if feats.ndim != 2:
+            raise InputError(
+                f"RSA takes pooled (stimulus, unit) features; layer {lname!r} has shape "
+                f"{feats.shape}"
+            )
+        layer_rdms[lname] = rdm(feats[[position[s] for s in ids]])
+    rng = np.random.default_rng(random_state)
+    r, null = _layer_nulls(
+        np.stack(list(layer_rdms.values())),
+        np.stack([roi_rdms[n] for n in names]),
+        method,
+        n_permutations,
+        rng,
+    )
+    p = (1.0 + np.sum(null >= r[:, None, :] - 1e-12, axis=1)) / (1.0 + null.shape[1])
+    with np.errstate(invalid="ignore"):
+        p95 = np.nanpercentile(null, 95, axis=1) if null.shape[1] else np.full_like(r, np.nan)
     return xr.Dataset(
         {
             "rdm_r": ((dims.LAYER, "roi_name"), np.array(r)),
             "p": ((dims.LAYER, "roi_name"), np.array(p)),
+            "null_p95": ((dims.LAYER, "roi_name"), np.array(p95)),
             "ceiling_lower": ("roi_name", np.array([ceilings[n][0] for n in names])),
             "ceiling_upper": ("roi_name", np.array([ceilings[n][1] for n in names])),
             "roi_rdm": (("roi_name", "stimulus_i", "stimulus_j"),
@@ -367,7 +447,8 @@ def rsa_scores(
             "layer_rdm": ((dims.LAYER, "stimulus_i", "stimulus_j"),
                           np.stack(list(layer_rdms.values()))),
         },
-        coords={dims.LAYER: list(layers), "roi_name": names, dims.STIMULUS_ID: ("stimulus_i", ids)},
+        coords={dims.LAYER: list(layers), "layer_index": (dims.LAYER, np.arange(len(layers))),
+                "roi_name": names, dims.STIMULUS_ID: ("stimulus_i", ids)},
         attrs={**(attrs or {}), "method": method, "n_permutations": n_permutations,
                "null_kind": "permuted stimulus labels", "distance": "correlation"},
     )  # fmt: skip

@@ -415,6 +415,11 @@ def _model_section(scores: xr.Dataset, anchor: str, truth: Mapping | None, dpi: 
         "mean to 95th percentile (grey band, dashed line). Right: mean r/√ceiling over vertices "
         "with a positive ceiling. The star marks the best layer (highest mean r)."
     )
+    if profile["r_ci_low"].notna().any():
+        caption += (
+            f" Error bars: {float(scores.attrs.get('ci_level', 0.95)):.0%} bootstrap confidence "
+            "interval of the ROI-mean r (resampling stimuli, or blocks of TRs)."
+        )
     out.append(
         f"<figure>{_img(figure_to_base64_png(fig, dpi=dpi), caption)}"
         f"<figcaption>{_e(caption)}</figcaption></figure>"
@@ -544,6 +549,83 @@ def _plain(obj):
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
     return obj
+
+
+def _rsa_html(results: list[xr.Dataset], dpi: int) -> str:
+    """Representational similarity: per RSA result, a table, layer profiles and RDMs."""
+    from alignment.viz.rsa import plot_best_rdms, plot_rsa_profiles, rsa_table
+
+    out = ['<h2 id="rsa">Representational similarity</h2>']
+    out.append(
+        '<p class="note">RSA compares representational geometries instead of predicting '
+        "voxels: per ROI, the correlation-distance RDM of the subject's trial-averaged patterns "
+        "is compared with each layer's RDM (rank correlation unless the config says otherwise). "
+        "The noise ceiling comes from the other subjects: its upper bound compares each "
+        "subject's RDM with the mean of all subjects, its lower bound with the mean of the "
+        "others; a model reaching the lower bound explains what the data allow. The null "
+        "relabels the stimuli of the layer RDM.</p>"
+    )
+    for i, ds in enumerate(results):
+        a = ds.attrs
+        anchor = _slug("rsa", a.get("dataset", ""), a.get("model", ""), a.get("encoder", ""), i)
+        out.append(f'<section class="model" id="{anchor}">')
+        badge = (
+            f' <span class="badge untrained">{_e(baseline_label(ds).split(" (")[0])}</span>'
+            if is_untrained(ds)
+            else ""
+        )
+        out.append(
+            f"<h3>{_e(a.get('model', '?'))}{badge} <small>· {_e(a.get('encoder', 'rsa'))} · "
+            f"{_e(a.get('dataset', '?'))}</small></h3>"
+        )
+        n_stim = ds.sizes.get("stimulus_i", 0)
+        out.append(
+            f'<div class="meta"><span><b>comparison:</b> {_e(a.get("method", "?"))}</span>'
+            f"<span><b>distance:</b> {_e(a.get('distance', '?'))}</span>"
+            f"<span><b>stimuli:</b> {n_stim}</span>"
+            f"<span><b>null:</b> {_e(a.get('null_kind', '?'))}, "
+            f"{_e(a.get('n_permutations', '?'))} permutations</span></div>"
+        )
+        table = rsa_table(ds)
+        rows = ["<table><caption>Best layer per ROI (highest RDM correlation).</caption><tr>"]
+        heads = ("ROI", "best layer", "RDM r", "p", "null 95th", "ceiling lower",
+                 "ceiling upper", "r / lower")  # fmt: skip
+        rows.append("".join(f"<th>{h}</th>" for h in heads) + "</tr>")
+        for _, row in table.iterrows():
+            low = "low" if not row["rdm_r"] > row["null_p95"] else ""
+            rows.append(
+                f"<tr><td>{_e(row['roi'])}</td><td>{_e(row['best_layer'] or 'n/a')}</td>"
+                f'<td class="num {low}">{_num(row["rdm_r"])}</td>'
+                f'<td class="num">{_num(row["p"], 4)}</td>'
+                f'<td class="num">{_num(row["null_p95"])}</td>'
+                f'<td class="num">{_num(row["ceiling_lower"])}</td>'
+                f'<td class="num">{_num(row["ceiling_upper"])}</td>'
+                f'<td class="num">{_num(row["r_over_lower"])}</td></tr>'
+            )
+        rows.append("</table>")
+        out.append("\n".join(rows))
+        figures = (
+            (
+                plot_rsa_profiles(ds),
+                "RSA layer profiles per ROI: correlation between each layer's RDM and the "
+                "ROI's RDM (blue), the subject-based noise ceiling from its lower to its upper "
+                "bound (yellow band), and the 95th percentile of the stimulus-label "
+                "permutation null (dashed). The star marks the best layer.",
+            ),
+            (
+                plot_best_rdms(ds),
+                "RDMs of each ROI (top) and of its best layer (bottom), as percentiles of the "
+                "correlation distances (1 - r between the patterns of two stimuli), stimuli in "
+                "the order of the responses.",
+            ),
+        )
+        for fig, caption in figures:
+            out.append(
+                f"<figure>{_img(figure_to_base64_png(fig, dpi=dpi), caption)}"
+                f"<figcaption>{_e(caption)}</figcaption></figure>"
+            )
+        out.append("</section>")
+    return "\n".join(out)
 
 
 # --------------------------------------------------------------------------------------------
@@ -706,6 +788,7 @@ def render_subject_report(
     dpi: int = 100,
     attention: Iterable[xr.Dataset] | None = None,
     extra_sections: Iterable[str] = (),
+    rsa: Iterable[xr.Dataset | str | os.PathLike] = (),
 ) -> str:
     """Render the HTML report of one subject.
 
@@ -738,6 +821,8 @@ def render_subject_report(
     extra_sections : iterable of str
         Further HTML sections (e.g. :func:`alignment.report.incontext.incontext_section`),
         placed before the provenance.
+    rsa : iterable of xarray.Dataset or path, optional
+        RSA results (``alignment rsa``), shown in a "Representational similarity" section.
 
     Returns
     -------
@@ -772,6 +857,9 @@ def render_subject_report(
                 label += f" ({baseline_label(s).split(' (')[0]})"
             toc.append(f'<li><a href="#{anchor}">{_e(label)}</a></li>')
         toc.append("</ul></li>")
+    rsa_items = [load_scores(r) for r in rsa]
+    if rsa_items:
+        toc.append('<li><a href="#rsa">Representational similarity</a></li>')
     toc.append('<li><a href="#provenance">Provenance</a></li></ul></div>')
     body.extend(toc)
 
@@ -796,6 +884,8 @@ def render_subject_report(
 
     extra_sections = [x for x in extra_sections if x]
     body.extend(extra_sections)
+    if rsa_items:
+        body.append(_rsa_html(rsa_items, dpi))
     body.append(_provenance_html(items, config, provenance))
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
@@ -816,6 +906,7 @@ def write_subject_report(
     dpi: int = 100,
     attention: Iterable[xr.Dataset] | None = None,
     extra_sections: Iterable[str] = (),
+    rsa: Iterable[xr.Dataset | str | os.PathLike] = (),
 ) -> Path:
     """Render the report (see :func:`render_subject_report`) and write it atomically."""
     text = render_subject_report(
@@ -827,6 +918,7 @@ def write_subject_report(
         dpi=dpi,
         attention=attention,
         extra_sections=extra_sections,
+        rsa=rsa,
     )
     write_text(path, text)
     return Path(path)

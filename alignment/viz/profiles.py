@@ -7,7 +7,9 @@ Definitions (shared with :func:`alignment.report.tables.roi_table`):
   the noise ceiling being a fraction of variance (R² scale), so this is r relative to the best
   r that the noise allows;
 - ``r_null_p95`` / ``r_null_mean``: mean over the ROI's voxels of the null distribution's 95th
-  percentile / mean for that layer.
+  percentile / mean for that layer;
+- ``r_ci_low`` / ``r_ci_high``: the bootstrap confidence interval of the ROI-mean r (Scores
+  variables ``r_roi_ci_low/high``, the same on every voxel of an ROI), NaN when absent.
 """
 
 from __future__ import annotations
@@ -64,7 +66,9 @@ def roi_layer_profile(scores: xr.Dataset) -> pd.DataFrame:
         ``all`` group when no voxel has an ROI), layers in model order. Columns: ``roi``,
         ``layer``, ``layer_index``, ``r`` (mean), ``r_sem`` (standard error over voxels),
         ``r_over_ceiling`` (mean over voxels with ceiling > 0 of r / sqrt(ceiling)),
-        ``r_null_mean``, ``r_null_p95`` (means), ``n_voxels``, ``n_with_ceiling``.
+        ``r_null_mean``, ``r_null_p95`` (means), ``r_ci_low``, ``r_ci_high`` (bootstrap
+        interval of the ROI-mean r; NaN without ``r_roi_ci_low/high``), ``n_voxels``,
+        ``n_with_ceiling``.
     """
     check_scores(scores, PROFILE_VARIABLES, what="roi_layer_profile")
     scores = _sorted_by_layer(scores)
@@ -75,6 +79,13 @@ def roi_layer_profile(scores: xr.Dataset) -> pd.DataFrame:
         null_mean = null_mean.astype(float)
     else:
         null_mean = np.full_like(r, np.nan)
+    ci = {}
+    for col, var in (("r_ci_low", dims.R_ROI_CI_LOW), ("r_ci_high", dims.R_ROI_CI_HIGH)):
+        ci[col] = (
+            scores[var].transpose(dims.LAYER, dims.VOXEL).values.astype(float)
+            if var in scores
+            else np.full_like(r, np.nan)
+        )
     ceiling = scores[dims.CEILING].values.astype(float)
     ratio = _ratio_to_ceiling(r, ceiling[None, :])
     names = [str(x) for x in scores[dims.LAYER].values]
@@ -96,6 +107,7 @@ def roi_layer_profile(scores: xr.Dataset) -> pd.DataFrame:
         ratio_mean = _nanmean(ratio[:, mask], axis=1)
         p95_mean = _nanmean(p95[:, mask], axis=1)
         null_mean_mean = _nanmean(null_mean[:, mask], axis=1)
+        ci_means = {col: _nanmean(v[:, mask], axis=1) for col, v in ci.items()}
         for j, name in enumerate(names):
             rows.append(
                 {
@@ -107,6 +119,8 @@ def roi_layer_profile(scores: xr.Dataset) -> pd.DataFrame:
                     "r_over_ceiling": ratio_mean[j],
                     "r_null_mean": null_mean_mean[j],
                     "r_null_p95": p95_mean[j],
+                    "r_ci_low": ci_means["r_ci_low"][j],
+                    "r_ci_high": ci_means["r_ci_high"][j],
                     "n_voxels": int(mask.sum()),
                     "n_with_ceiling": n_ceiling,
                 }
@@ -136,7 +150,9 @@ def plot_layer_profiles(scores: xr.Dataset, profile: pd.DataFrame | None = None)
     -------
     matplotlib.figure.Figure
         Two axes per ROI (one row each): left, mean r ± SEM over voxels with the null's mean
-        and 95th percentile (grey band and dashed line); right, mean r / sqrt(ceiling). The
+        and 95th percentile (grey band and dashed line) and, when the Scores hold them, the
+        bootstrap confidence interval of the ROI-mean r as error bars; right, mean
+        r / sqrt(ceiling). The
         layer with the highest mean r is marked in both. Untrained models say so in the title.
     """
     if profile is None:
@@ -168,6 +184,21 @@ def plot_layer_profiles(scores: xr.Dataset, profile: pd.DataFrame | None = None)
         ax_r.plot(x, p95, ls="--", color="0.45", lw=1.0, label="null 95th pct.")
         ax_r.fill_between(x, r - sem, r + sem, color=colour, alpha=0.2, lw=0)
         ax_r.plot(x, r, marker="o", ms=3, color=colour, lw=1.5, label="mean r ± SEM")
+        ci_low = prof["r_ci_low"].to_numpy(float)
+        ci_high = prof["r_ci_high"].to_numpy(float)
+        has_ci = np.isfinite(ci_low) & np.isfinite(ci_high)
+        if has_ci.any():
+            level = float(scores.attrs.get("ci_level", 0.95))
+            ax_r.errorbar(
+                x[has_ci],
+                r[has_ci],
+                yerr=np.abs(np.vstack([r - ci_low, ci_high - r])[:, has_ci]),
+                fmt="none",
+                ecolor="black",
+                elinewidth=0.9,
+                capsize=2.5,
+                label=f"{level:.0%} bootstrap CI",
+            )
         ax_r.axhline(0, color="0.6", lw=0.6)
         ax_c.plot(x, ratio, marker="o", ms=3, color="#1b7837", lw=1.5)
         ax_c.axhline(0, color="0.6", lw=0.6)

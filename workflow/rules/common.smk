@@ -24,6 +24,11 @@ def dataset_encoders(dataset):
     return DATASETS[dataset].get("encoders", list(config["encoders"]))
 
 
+def is_rsa(encoder):
+    """RSA compares RDMs instead of predicting voxels: its own rule, not the encode loop."""
+    return config["encoders"][encoder].get("kind") == "rsa"
+
+
 def dataset_pairs(dataset):
     """(model, encoder) pairs of a dataset: each encoder runs on the models whose features it
     takes (pooled features feed ridge, patch tokens feed the routing encoder)."""
@@ -32,8 +37,31 @@ def dataset_pairs(dataset):
         (model, encoder)
         for model in spec["models"]
         for encoder in dataset_encoders(dataset)
-        if accepts(config["encoders"][encoder], config["models"][model], spec["kind"])
+        if not is_rsa(encoder)
+        and accepts(config["encoders"][encoder], config["models"][model], spec["kind"])
         and model in config["encoders"][encoder].get("models", [model])
+    ]
+
+
+def dataset_rsa_pairs(dataset):
+    """(model, encoder) pairs of a dataset's rsa encoders: image datasets, pooled features."""
+    spec = DATASETS[dataset]
+    if spec["kind"] != "images":
+        return []
+    return [
+        (model, encoder)
+        for model in spec["models"]
+        for encoder in dataset_encoders(dataset)
+        if is_rsa(encoder) and config["models"][model].get("pooling") != "tokens"
+    ]
+
+
+def subject_rsa(subject):
+    return [
+        f"results/sub-{subject}/{dataset}/{model}/{encoder}/rsa.nc"
+        for dataset, spec in DATASETS.items()
+        if subject in spec["subjects"]
+        for model, encoder in dataset_rsa_pairs(dataset)
     ]
 
 

@@ -6,6 +6,7 @@ rule report:
         scores=lambda wildcards: subject_scores(wildcards.subject),
         attention=lambda wildcards: subject_attention(wildcards.subject),
         incontext=lambda wildcards: incontext_tables(wildcards.subject),
+        rsa=lambda wildcards: subject_rsa(wildcards.subject),
     output:
         report(
             "results/sub-{subject}/report.html",
@@ -27,8 +28,9 @@ rule report:
         truth=lambda wildcards: (
             f"--truth {config['report']['truth']}" if config.get("report", {}).get("truth") else ""
         ),
+        rsa=lambda wildcards, input: f"--rsa {input.rsa}" if input.rsa else "",
     shell:
         "alignment report --subject {wildcards.subject} --scores {input.scores}"
         " --attention {input.attention}"
         " --incontext-tables {input.incontext}"
-        " --config-json {params.config} {params.truth} --out {output} > {log} 2>&1"
+        " --config-json {params.config} {params.truth} {params.rsa} --out {output} > {log} 2>&1"
