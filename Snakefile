@@ -2,11 +2,16 @@
 # Science parameters live in config.yaml; cluster resources in profiles/.
 
 
-configfile: "config.yaml"
+# The demo's config.yaml is the default; a config named with --configfile replaces it (rather
+# than being merged into it), so `snakemake --configfile config/nsd.yaml` runs NSD alone.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/datasets.smk"
 include: "workflow/rules/features.smk"
 include: "workflow/rules/encoders.smk"
 include: "workflow/rules/scores.smk"

@@ -45,6 +45,18 @@ def _read_stimuli(path: str):
     return read_word_table(p) if "word" in head.columns else read_image_table(p)
 
 
+def cmd_prepare_responses(args) -> None:
+    from alignment.data.prepare import prepare_responses
+
+    prepare_responses(args.spec, args.subject, args.dataset, args.out)
+
+
+def cmd_prepare_stimuli(args) -> None:
+    from alignment.data.prepare import prepare_stimuli
+
+    prepare_stimuli(args.spec, args.subjects, args.dataset, args.out)
+
+
 def cmd_features(args) -> None:
     from alignment.features import extract_features
     from alignment.io import write_zarr_layers
@@ -192,6 +204,25 @@ def cmd_merge_scores(args) -> None:
     write_netcdf(merge_shards([read_netcdf(path) for path in args.scores]), args.out)
 
 
+def cmd_rsa(args) -> None:
+    from alignment.data.responses import load_responses
+    from alignment.io import read_zarr_attrs, read_zarr_layers, write_netcdf
+    from alignment.metrics.rsa import rsa_scores
+
+    responses = [load_responses(p) for p in args.responses]
+    spec = args.encoder_spec
+    ds = rsa_scores(
+        responses,
+        args.index,
+        read_zarr_layers(args.features),
+        method=spec.get("method", "spearman"),
+        n_permutations=args.stats.get("n_permutations", 1000),
+        random_state=args.stats.get("random_state", 0),
+        attrs={"model": read_zarr_attrs(args.features).get("model", ""), "encoder": "rsa"},
+    )
+    write_netcdf(ds, args.out)
+
+
 def cmd_report(args) -> None:
     from alignment.io import read_json, read_netcdf
     from alignment.report.html import write_subject_report
@@ -251,6 +282,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", type=_json, default={}, help="JSON overrides of the demo parameters")
     p.set_defaults(func=cmd_demo_data)
 
+    p = sub.add_parser(
+        "prepare-responses", help="read one subject of a dataset entry into a Responses netCDF"
+    )
+    p.add_argument("--dataset", required=True, help="dataset name in the config")
+    p.add_argument("--subject", required=True)
+    p.add_argument("--spec", type=_json, required=True, help="the dataset entry (JSON)")
+    p.add_argument("--out", required=True, help="Responses netCDF to write")
+    p.set_defaults(func=cmd_prepare_responses)
+
+    p = sub.add_parser("prepare-stimuli", help="stimulus table of a published dataset")
+    p.add_argument("--dataset", required=True, help="dataset name in the config")
+    p.add_argument("--subjects", nargs="+", required=True)
+    p.add_argument("--spec", type=_json, required=True, help="the dataset entry (JSON)")
+    p.add_argument("--out", required=True, help="TSV to write")
+    p.set_defaults(func=cmd_prepare_stimuli)
+
     p = sub.add_parser("features", help="extract layerwise features of a stimulus set")
     p.add_argument("--model", required=True, help="model name in the config")
     p.add_argument("--spec", type=_json, required=True, help="model spec (JSON)")
@@ -307,6 +354,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scores", nargs="+", required=True, help="the shards' Scores files")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_merge_scores)
+
+    p = sub.add_parser("rsa", help="RDM correlation of every layer with every ROI (RSA)")
+    p.add_argument("--responses", nargs="+", required=True, help="every subject's responses")
+    p.add_argument("--index", type=int, required=True, help="position of the subject scored")
+    p.add_argument("--features", required=True)
+    p.add_argument("--encoder-spec", type=_json, default={})
+    p.add_argument("--stats", type=_json, default={})
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_rsa)
 
     p = sub.add_parser("report", help="per-subject HTML report")
     p.add_argument("--subject", required=True)

@@ -83,7 +83,12 @@ def check_config(config: dict, schema_path: str | Path, source: str = "config.ya
                     problems.append(
                         f"datasets.{name}.encoders: {enc!r} is not defined under encoders"
                     )
-            if ds.get("kind") == "narrative" and len(ds.get("subjects", [])) < 2:
+            # LeBel et al.: the repeated test story can give the ceiling of a single subject
+            if (
+                ds.get("kind") == "narrative"
+                and len(ds.get("subjects", [])) < 2
+                and ds.get("format") != "lebel2023"
+            ):
                 problems.append(
                     f"datasets.{name}: a narrative needs >= 2 subjects (inter-subject ceiling)"
                 )

@@ -40,6 +40,9 @@ Q = "q"
 R_NULL_MEAN = "r_null_mean"
 R_NULL_P95 = "r_null_p95"
 ALPHA = "alpha"
+# bootstrap confidence interval of the ROI mean r, repeated on every voxel of the ROI
+R_ROI_CI_LOW = "r_roi_ci_low"
+R_ROI_CI_HIGH = "r_roi_ci_high"
 
 # roi label for vertices in no ROI
 NO_ROI = "none"

@@ -29,18 +29,32 @@ from alignment.data.responses import align_ids, average_repeats, row_dim
 from alignment.encoders import EncoderContext, encoder_kind, memory
 from alignment.encoders.registry import check_features, fit_encoders, select_layers
 from alignment.io import InputError, atomic_path
-from alignment.metrics import ceilings, correlation, stats
+from alignment.metrics import bootstrap_roi_means, ceilings, correlation, stats
 
 log = logging.getLogger(__name__)
 
 CV_DEFAULTS = {"n_folds": 5, "inner_folds": 5, "gap_trs": 3, "train_on": "mean", "random_state": 0}
-STATS_DEFAULTS = {"n_permutations": 1000, "fdr_alpha": 0.05, "random_state": 0}
+STATS_DEFAULTS = {
+    "n_permutations": 1000,
+    "fdr_alpha": 0.05,
+    "random_state": 0,
+    "narrative_null": "circular",  # or "mirror", "block" (alignment.metrics.permutation_null)
+    "n_bootstrap": 500,  # ROI-mean confidence intervals (alignment.metrics.bootstrap_roi_means)
+    "ci_level": 0.95,
+}
+NULL_NAMES = {
+    "circular": "circular shift",
+    "mirror": "reflected circular shift",
+    "block": "block permutation",
+}
 TIMESERIES_DEFAULTS = {
     "delays": [1, 2, 3, 4],
     "detrend": "savgol",
     "detrend_order": 2,
     "savgol_window_s": 120.0,
     "lanczos_window": 3,
+    # detrend the TR features exactly as the responses (per run, before the FIR delays)
+    "filter_features": True,
 }
 
 
@@ -137,7 +151,12 @@ def narrative_design(responses: xr.Dataset, cv: dict, ts: dict) -> Design:
 def narrative_features_matrix(
     layer: xr.DataArray, responses: xr.Dataset, ts: dict, features_source: str
 ) -> np.ndarray:
-    """Word features of one layer resampled to the responses' TRs, z-scored and FIR-delayed."""
+    """Word features of one layer resampled to the responses' TRs, filtered and FIR-delayed.
+
+    Per run, the resampled features go through the same detrending and z-scoring as the
+    responses (:func:`preprocess_timeseries` with the same ``ts``), then get their FIR delays.
+    ``ts["filter_features"] = False`` only z-scores them (the behaviour before the filter).
+    """
     ts = {**TIMESERIES_DEFAULTS, **ts}
     tr = float(responses.attrs["tr"])
     start = float(responses.attrs.get("first_volume_time", 0.0))
@@ -163,7 +182,14 @@ def narrative_features_matrix(
                 window=ts["lanczos_window"],
             )
         )
-    X = timeseries.zscore_runs(np.concatenate(parts), runs, allow_constant=True)
+    X = np.concatenate(parts)
+    if ts["filter_features"]:
+        # The same per-run filter as the responses (narrative_design): the encoder then sees
+        # features and responses in the same frequency band. It reads features only, never
+        # responses, so filtering whole runs cannot carry test responses into training.
+        X = preprocess_timeseries(X, runs, tr, ts)
+    else:
+        X = timeseries.zscore_runs(X, runs, allow_constant=True)
     return timeseries.fir_delays(X, ts["delays"], runs=runs)
 
 
@@ -321,7 +347,7 @@ def score_predictions(design: Design, pred: np.ndarray, stats_spec: dict) -> dic
             pred,
             n_permutations=stats_spec["n_permutations"],
             test_folds=test_folds,
-            kind="circular",
+            kind=stats_spec["narrative_null"],
             random_state=stats_spec["random_state"],
         )
     return {
@@ -331,6 +357,32 @@ def score_predictions(design: Design, pred: np.ndarray, stats_spec: dict) -> dic
         dims.R_NULL_MEAN: null.null_mean,
         dims.R_NULL_P95: null.null_p95,
     }
+
+
+def roi_intervals(design: Design, pred: np.ndarray, roi, stats_spec: dict) -> dict[str, np.ndarray]:
+    """Bootstrap interval of each ROI's mean r, repeated on the ROI's voxels (NaN elsewhere).
+
+    Images resample stimuli (pooled r over fold-centred rows); narratives resample blocks of
+    TRs within each test fold (per-fold r averaged), as :func:`score_predictions` scores them.
+    """
+    stats_spec = {**STATS_DEFAULTS, **stats_spec}
+    roi = np.asarray(roi).astype(str)
+    res = bootstrap_roi_means(
+        design.Y,
+        pred,
+        roi,
+        [test for _, test in design.folds],
+        kind="stimuli" if design.kind == "images" else "blocks",
+        n_bootstrap=stats_spec["n_bootstrap"],
+        level=stats_spec["ci_level"],
+        random_state=stats_spec["random_state"],
+    )
+    low = np.full(roi.size, np.nan)
+    high = np.full(roi.size, np.nan)
+    for name, lo, hi in zip(res.rois, res.low, res.high, strict=True):
+        mask = roi == name if name != "all" else np.ones(roi.size, bool)
+        low[mask], high[mask] = lo, hi
+    return {dims.R_ROI_CI_LOW: low, dims.R_ROI_CI_HIGH: high}
 
 
 def _layer_depth(name: str, layer: xr.DataArray, position: int, n_layers: int) -> float:
@@ -520,15 +572,18 @@ def _layer_batch(encoder_spec: dict, n_layers: int) -> int:
 
 
 def _score_layer(
-    design: Design, result: CVResult, stats_spec: dict, null=None
+    design: Design, result: CVResult, stats_spec: dict, null=None, roi_labels=None
 ) -> dict[str, np.ndarray]:
-    """Scores of one layer's out-of-fold predictions: r, R², p, q, null summary and alpha."""
+    """Scores of one layer's out-of-fold predictions: r, R², p, q, null summary, ROI
+    bootstrap intervals and alpha."""
     scores = score_predictions(design, result.predictions, stats_spec)
     if null is not None:  # the refit null replaces the within-fold permutation's
         scores[dims.P] = null.p
         scores[dims.R_NULL_MEAN] = null.null_mean
         scores[dims.R_NULL_P95] = null.null_p95
     scores[dims.Q] = stats.fdr_bh(scores[dims.P])
+    if stats_spec["n_bootstrap"] and roi_labels is not None:
+        scores.update(roi_intervals(design, result.predictions, roi_labels, stats_spec))
     scores[dims.ALPHA] = (
         np.median(result.alphas, axis=0)
         if result.alphas is not None
@@ -614,6 +669,11 @@ def score_layers(
         inputs=dict(encoder_inputs or {}),
     )
     interpretations = {}
+    roi_labels = (
+        responses[dims.ROI].values
+        if dims.ROI in responses.coords
+        else np.full(len(design.Y.T), "all")
+    )
     names = list(layers)
     saved = {}
     if checkpoint_dir and not return_interpretation:
@@ -669,7 +729,7 @@ def score_layers(
             )
         for name in batch:
             result = results.pop(name)
-            scores = _score_layer(design, result, stats_spec, nulls.get(name))
+            scores = _score_layer(design, result, stats_spec, nulls.get(name), roi_labels)
             scores = {k: np.asarray(v, dtype=np.float32) for k, v in scores.items()}
             done[name] = scores
             if checkpoint_dir and not return_interpretation:
@@ -720,9 +780,11 @@ def score_layers(
         **(attrs or {}),
         "encoder_kind": kind.name,
         "n_permutations": stats_spec["n_permutations"],
+        "ci_level": stats_spec["ci_level"],
+        "n_bootstrap": stats_spec["n_bootstrap"],
         "fdr_alpha": stats_spec["fdr_alpha"],
         "null_kind": (
-            "circular shift"
+            NULL_NAMES.get(stats_spec["narrative_null"], stats_spec["narrative_null"])
             if narrative
             else (REFIT_NULL_KIND if null_kind == "refit" else PERMUTE_NULL_KIND)
         ),
@@ -749,6 +811,13 @@ def noise_ceiling(
     """
     sources = sources or [f"responses[{i}]" for i in range(len(responses))]
     subject = responses[index]
+    if dims.CEILING in subject:  # the dataset's adapter supplied it (alignment.data)
+        method = subject[dims.CEILING].attrs.get("method", "from the dataset")
+        return xr.Dataset(
+            {dims.CEILING: (dims.VOXEL, subject[dims.CEILING].values.astype(np.float32))},
+            coords=_voxel_coords(subject),
+            attrs={**subject.attrs, "method": method},
+        )
     if row_dim(subject) == dims.STIMULUS:
         sessions = subject[dims.SESSION].values if dims.SESSION in subject.coords else None
         result = ceilings.ncsnr_ceiling(

@@ -269,7 +269,14 @@ def test_circular_shift_matches_np_roll():
     y_pred = rng.standard_normal((60, 3))
     folds = [np.arange(0, 30), np.arange(30, 60)]
     res = permutation_null(
-        y_true, y_pred, 5, test_folds=folds, kind="circular", random_state=4, return_null=True
+        y_true,
+        y_pred,
+        5,
+        test_folds=folds,
+        kind="circular",
+        min_shift=3,
+        random_state=4,
+        return_null=True,
     )
     # replay the shifts with the same generator calls
     g = np.random.default_rng(4)

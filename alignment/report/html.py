@@ -24,7 +24,7 @@ from alignment import dims
 from alignment.io import write_text
 from alignment.report.tables import load_scores, roi_table
 from alignment.viz.brainmaps import (
-    SUPPORTED_SPACES,
+    SURFACE_SPACES,
     _fdr_alpha,
     _sorted_by_layer,
     baseline_label,
@@ -32,7 +32,8 @@ from alignment.viz.brainmaps import (
     check_scores,
     figure_to_base64_png,
     is_untrained,
-    plot_surface_map,
+    map_kind,
+    plot_brain_map,
     roi_groups,
     scores_title,
 )
@@ -204,8 +205,10 @@ def _roi_table_html(scores: xr.Dataset, table: pd.DataFrame, truth_rois: dict | 
     heads = ["ROI", "vertices", "best layer"]
     if truth_rois is not None:
         heads += ["planted layer", "recovered"]
+    has_ci = bool(table["r_ci_low"].notna().any()) if "r_ci_low" in table else False
+    level = float(scores.attrs.get("ci_level", 0.95))
+    heads += ["mean r"] + ([f"{100 * level:g}% CI (bootstrap)"] if has_ci else [])
     heads += [
-        "mean r",
         "null 95th pct.",
         "mean ceiling (R²)",
         "r/√ceiling",
@@ -228,6 +231,10 @@ def _roi_table_html(scores: xr.Dataset, table: pd.DataFrame, truth_rois: dict | 
         r_class = "num low" if below_null else "num"
         r_title = ' title="not above the null 95th percentile"' if below_null else ""
         cells.append(f'<td class="{r_class}"{r_title}>{_num(row["r"])}</td>')
+        if has_ci:
+            cells.append(
+                f'<td class="num">[{_num(row["r_ci_low"])}, {_num(row["r_ci_high"])}]</td>'
+            )
         cells.append(f'<td class="num">{_num(row["r_null_p95"])}</td>')
         cells.append(f'<td class="num">{_num(row["ceiling"])}</td>')
         over = np.isfinite(row["r_over_ceiling"]) and row["r_over_ceiling"] > 1
@@ -271,14 +278,14 @@ def _best_layer_overall(scores: xr.Dataset) -> tuple[int, str, float]:
 
 def _maps_html(scores: xr.Dataset, dpi: int) -> str:
     space = str(scores.attrs.get("space", "fsaverage5"))
-    if space not in SUPPORTED_SPACES or not {dims.HEMI, dims.VERTEX} <= set(scores.coords):
+    if map_kind(scores) is None:
         return (
-            f'<p class="note">No brain maps: they are drawn on {_e(", ".join(SUPPORTED_SPACES))}'
-            f" surfaces with hemi/vertex coordinates; these Scores are in space {_e(space)}.</p>"
+            '<p class="note">No brain maps: they are drawn on surfaces '
+            f"({_e(', '.join(SURFACE_SPACES))}; other than fsaverage5 with a mesh), volumes with"
+            " i/j/k and an affine, or as a chart"
+            f" of ROI-level data; these Scores are in space {_e(space)} without those.</p>"
         )
     scores = _sorted_by_layer(scores)
-    hemi = scores[dims.HEMI].values
-    vertex = scores[dims.VERTEX].values
     alpha = _fdr_alpha(scores, None)
     label = scores_title(scores)
     figures = []
@@ -290,11 +297,9 @@ def _maps_html(scores: xr.Dataset, dpi: int) -> str:
     else:
         codes = list(range(len(names)))
     n_sig = int(np.isfinite(best.values).sum())
-    fig = plot_surface_map(
+    fig = plot_brain_map(
         best.values,
-        hemi,
-        vertex,
-        space=space,
+        scores,
         title=f"Best layer per vertex (q < {alpha:g} in some layer)\n{label}",
         cmap="viridis",
         categorical_labels=dict(zip(codes, names, strict=True)),
@@ -315,11 +320,9 @@ def _maps_html(scores: xr.Dataset, dpi: int) -> str:
     sig = q < alpha
     r_shown = np.where(sig, r, np.nan)
     top = np.nanpercentile(r_shown, 99) if sig.any() else 1.0
-    fig = plot_surface_map(
+    fig = plot_brain_map(
         r_shown,
-        hemi,
-        vertex,
-        space=space,
+        scores,
         title=f"r at {name} (best layer overall, mean r = {mean_r:.3f}), q < {alpha:g}\n{label}",
         cmap="inferno",
         vmin=0.0,
@@ -341,11 +344,9 @@ def _maps_html(scores: xr.Dataset, dpi: int) -> str:
         n_shown = int(np.isfinite(ratio_shown).sum())
         top = np.nanpercentile(ratio_shown, 99) if n_shown else 1.0
         top = float(np.clip(top, 0.05, 1.0))
-        fig = plot_surface_map(
+        fig = plot_brain_map(
             ratio_shown,
-            hemi,
-            vertex,
-            space=space,
+            scores,
             title=f"r / √ceiling at {name}, q < {alpha:g}\n{label}",
             cmap="viridis",
             vmin=0.0,

@@ -52,6 +52,8 @@ TABLE_COLUMNS = (
     "n_significant",
     "n_above_ceiling",
     "n_without_ceiling",
+    "r_ci_low",
+    "r_ci_high",
 )
 
 
@@ -84,7 +86,9 @@ def roi_table(scores: xr.Dataset, alpha: float | None = None) -> pd.DataFrame:
         ``q < alpha``, ``n_above_ceiling`` the voxels whose r exceeds sqrt(ceiling). ``ceiling``
         is the mean noise ceiling (R² scale) over the ROI's voxels with a finite ceiling;
         ``n_without_ceiling`` counts voxels with ceiling <= 0 or NaN, which the ratios leave
-        out. ``df.attrs`` holds the Scores' attrs and ``fdr_alpha``.
+        out. ``r_ci_low`` / ``r_ci_high``: the bootstrap confidence interval of the mean r at
+        the best layer (NaN when the Scores have none). ``df.attrs`` holds the Scores' attrs
+        and ``fdr_alpha``.
     """
     check_scores(scores, TABLE_VARIABLES, what="roi_table")
     scores = _sorted_by_layer(scores)
@@ -132,6 +136,10 @@ def roi_table(scores: xr.Dataset, alpha: float | None = None) -> pd.DataFrame:
                 has_ceiling, np.maximum(rb, 0.0) ** 2 / np.where(has_ceiling, c, 1), np.nan
             )
         significant = q[b, mask] < level
+        for col, var in (("r_ci_low", dims.R_ROI_CI_LOW), ("r_ci_high", dims.R_ROI_CI_HIGH)):
+            if var in scores:  # bootstrap interval of the ROI mean r (same on all its voxels)
+                values = scores[var].transpose(dims.LAYER, dims.VOXEL).values[b, mask]
+                row[col] = float(_nanmean(values.astype(float), axis=0))
         row.update(
             best_layer=names[b],
             best_layer_index=int(index[b]),

@@ -7,6 +7,8 @@ varying positions, sizes and colours on a textured background, so that a positio
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -117,19 +119,104 @@ def read_image_table(path: str | Path) -> pd.DataFrame:
     if duplicated:
         raise InputError(f"{path}: duplicate stimulus_id(s) {duplicated[:5]}")
     table["path"] = [str(p if Path(p).is_absolute() else path.parent / p) for p in table["path"]]
-    absent = [p for p in table["path"] if not Path(p).exists()]
+    absent = [p for p in table["path"] if not Path(split_reference(p)[0]).exists()]
     if absent:
         raise InputError(f"{path}: {len(absent)} image file(s) missing, first: {absent[0]}")
     return table
 
 
-def load_images(paths) -> list[Image.Image]:
-    """Open images as RGB, naming the file that cannot be read."""
-    images = []
-    for p in paths:
-        try:
-            with Image.open(p) as img:
-                images.append(img.convert("RGB"))
-        except OSError as err:
-            raise InputError(f"{p}: cannot be read as an image ({err})") from err
-    return images
+_REFERENCE = re.compile(r"^(?P<file>.+\.(?:hdf5|h5))#(?P<key>[^\[]+)\[(?P<index>\d+)\]$")
+
+
+def split_reference(path: str) -> tuple[str, str | None, int | None]:
+    """``file.hdf5#key[index]`` -> (file, key, index); a plain path -> (path, None, None).
+
+    Image tables may point into an HDF5 array of images (e.g. NSD's
+    ``nsd_stimuli.hdf5#imgBrick[2950]``, 0-based), so no image is ever copied out.
+    """
+    m = _REFERENCE.match(str(path))
+    if m is None:
+        return str(path), None, None
+    return m["file"], m["key"], int(m["index"])
+
+
+def image_reference(file: str | Path, key: str, index: int) -> str:
+    """The table entry for image ``index`` (0-based) of array ``key`` in an HDF5 file."""
+    return f"{file}#{key}[{int(index)}]"
+
+
+class _HDF5Images:
+    """Open HDF5 files, one handle per file, for reading single images lazily."""
+
+    def __init__(self):
+        self._files = {}
+
+    def read(self, file: str, key: str, index: int) -> Image.Image:
+        import h5py
+
+        if file not in self._files:
+            try:
+                self._files[file] = h5py.File(file, "r")
+            except OSError as err:
+                raise InputError(f"{file}: cannot be read as HDF5 ({err})") from err
+        fh = self._files[file]
+        if key not in fh:
+            raise InputError(f"{file}: no dataset {key!r} (image reference #{key}[{index}])")
+        arr = fh[key]
+        if index >= arr.shape[0]:
+            raise InputError(f"{file}: image {index} out of range, {key} holds {arr.shape[0]}")
+        pixels = np.asarray(arr[index])
+        if pixels.ndim == 3 and pixels.shape[0] == 3 and pixels.shape[-1] != 3:
+            pixels = np.moveaxis(pixels, 0, -1)  # (3, H, W) -> (H, W, 3)
+        if pixels.dtype != np.uint8:
+            pixels = np.clip(pixels, 0, 255).astype(np.uint8)
+        return Image.fromarray(pixels).convert("RGB")
+
+
+def _open_image(path: str, hdf5: _HDF5Images) -> Image.Image:
+    file, key, index = split_reference(path)
+    if key is not None:
+        return hdf5.read(file, key, index)
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except OSError as err:
+        raise InputError(f"{path}: cannot be read as an image ({err})") from err
+
+
+class LazyImages(Sequence):
+    """Images opened on access: ``images[i]`` is a PIL image, ``images[a:b]`` a list of them.
+
+    For stimulus sets too large to hold in memory at once (NSD: 10,000 images per subject).
+    """
+
+    def __init__(self, paths):
+        self.paths = [str(p) for p in paths]
+        self._hdf5 = _HDF5Images()
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, item):
+        if isinstance(item, slice):
+            return [_open_image(p, self._hdf5) for p in self.paths[item]]
+        return _open_image(self.paths[item], self._hdf5)
+
+
+#: Above this many images, :func:`load_images` opens them lazily.
+LAZY_ABOVE = 2000
+
+
+def load_images(paths, lazy: bool | None = None):
+    """Open images as RGB, naming the file that cannot be read.
+
+    Paths may be image files or HDF5 references (``file.hdf5#key[index]``). With ``lazy``
+    (default: more than :data:`LAZY_ABOVE` images) a :class:`LazyImages` sequence is returned,
+    whose slices are lists; otherwise a list.
+    """
+    paths = [str(p) for p in paths]
+    if lazy is None:
+        lazy = len(paths) > LAZY_ABOVE
+    if lazy:
+        return LazyImages(paths)
+    return LazyImages(paths)[:]

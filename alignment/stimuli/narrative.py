@@ -120,15 +120,28 @@ def time_words(
     return pd.DataFrame(rows, columns=list(WORD_COLUMNS))
 
 
-def read_word_table(path: str | Path, run: str | None = None) -> pd.DataFrame:
+#: Interval labels that mark silence or noise rather than a word (compared case-insensitively):
+#: Praat/MFA/Gentle conventions and those of the LeBel et al. (2023) TextGrids.
+SILENCE_LABELS = frozenset(
+    {"", "sp", "sil", "spn", "<sil>", "<sp>", "<unk>", "#", "{sl}", "{lg}", "{ns}", "{br}", "{cg}"}
+)
+
+
+def read_word_table(
+    path: str | Path, run: str | None = None, tier: str | None = None
+) -> pd.DataFrame:
     """Read word timings from a TSV (word, onset, offset[, run]) or a Praat TextGrid.
 
     Parameters
     ----------
     path : path-like
-        ``.tsv``/``.csv`` table, or ``.TextGrid`` whose word tier is named ``word`` or ``words``.
+        ``.tsv``/``.csv`` table, or ``.TextGrid`` (long or short Praat text format) whose word
+        tier is named ``word`` or ``words`` (any case), or ``tier``.
     run : str, optional
-        Run label for a file without a ``run`` column (a TextGrid holds one story).
+        Run label for a file without a ``run`` column (a TextGrid holds one story); default
+        the file's stem.
+    tier : str, optional
+        Name of the TextGrid tier that holds the words.
 
     Returns
     -------
@@ -137,7 +150,7 @@ def read_word_table(path: str | Path, run: str | None = None) -> pd.DataFrame:
     """
     path = require_file(path, "word timing file")
     if path.suffix.lower() == ".textgrid":
-        table = _read_textgrid_words(path)
+        table = _read_textgrid_words(path, tier)
     else:
         table = pd.read_csv(path, sep="\t" if path.suffix != ".csv" else ",", keep_default_na=False)
     if "run" not in table.columns:
@@ -164,20 +177,107 @@ def read_word_table(path: str | Path, run: str | None = None) -> pd.DataFrame:
     return table[list(WORD_COLUMNS)].reset_index(drop=True)
 
 
-def _read_textgrid_words(path: Path) -> pd.DataFrame:
-    """Parse the word tier of a long-format Praat TextGrid (skipping silences)."""
-    text = path.read_text(encoding="utf-8", errors="replace")
-    tiers = re.split(r"item \[\d+\]:", text)[1:]
-    for tier in tiers:
-        name = re.search(r'name = "([^"]*)"', tier)
-        if name and name.group(1).lower() in ("word", "words"):
-            intervals = re.findall(
-                r'xmin = ([\d.eE+-]+)\s*xmax = ([\d.eE+-]+)\s*text = "([^"]*)"', tier
-            )
-            rows = [
-                {"word": w.strip(), "onset": float(a), "offset": float(b)}
-                for a, b, w in intervals
-                if w.strip() and w.strip().lower() not in ("sp", "sil", "{lg}", "{ns}", "{sl}")
-            ]
-            return pd.DataFrame(rows, columns=["word", "onset", "offset"])
-    raise InputError(f"{path}: no tier named 'word' or 'words' in this TextGrid")
+_TOKEN = re.compile(
+    r'"((?:[^"]|"")*)"'  # a quoted string ("" is an escaped quote)
+    r"|(?<![\w\[.-])(-?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)(?![\w\]])"  # a number, not "[3]"
+    r"|(<exists>|<absent>)"
+)
+
+
+def _decode(raw: bytes) -> str:
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return raw.decode("utf-16")
+    if raw.startswith(b"\xef\xbb\xbf"):
+        return raw[3:].decode("utf-8", errors="replace")
+    return raw.decode("utf-8", errors="replace")
+
+
+def read_textgrid(path: str | Path) -> dict[str, pd.DataFrame]:
+    """Every tier of a Praat TextGrid, in the long or the short ("chronological") text format.
+
+    Both formats hold the same sequence of values; the long one adds ``name =`` labels and
+    ``item [1]:`` headers, which are skipped (as Praat's own reader skips them).
+
+    Parameters
+    ----------
+    path : path-like
+        The ``.TextGrid`` file (UTF-8 or UTF-16 with a byte-order mark).
+
+    Returns
+    -------
+    dict of tier name to DataFrame
+        Interval tiers have columns ``onset``, ``offset``, ``label`` (every interval, empty
+        ones included); point tiers have ``onset`` = ``offset`` = the point's time.
+    """
+    path = require_file(path, "TextGrid")
+    text = _decode(path.read_bytes())
+    tokens = []
+    for m in _TOKEN.finditer(text):
+        if m.group(1) is not None:
+            tokens.append(m.group(1).replace('""', '"'))
+        elif m.group(2) is not None:
+            tokens.append(float(m.group(2)))
+        else:
+            tokens.append(m.group(3))
+    pos = 0
+
+    def take(kind):
+        nonlocal pos
+        if pos >= len(tokens):
+            raise InputError(f"{path}: TextGrid ends early (truncated file?)")
+        value = tokens[pos]
+        pos += 1
+        if kind is float and not isinstance(value, float):
+            raise InputError(f"{path}: expected a number, found {value!r} (not a TextGrid?)")
+        if kind is str and not isinstance(value, str):
+            raise InputError(f"{path}: expected a quoted text, found {value!r}")
+        return value
+
+    if tokens[:2] != ["ooTextFile", "TextGrid"]:
+        raise InputError(
+            f'{path}: not a Praat text TextGrid (it must start with File type = "ooTextFile" '
+            'and Object class = "TextGrid")'
+        )
+    pos = 2
+    take(float), take(float)  # xmin, xmax of the whole grid
+    if take(str) != "<exists>":
+        return {}
+    tiers: dict[str, pd.DataFrame] = {}
+    for _ in range(int(take(float))):
+        tier_class, name = take(str), take(str)
+        take(float), take(float)
+        n = int(take(float))
+        rows = []
+        if tier_class == "IntervalTier":
+            for _ in range(n):
+                rows.append((take(float), take(float), take(str)))
+        elif tier_class == "TextTier":
+            for _ in range(n):
+                t = take(float)
+                rows.append((t, t, take(str)))
+        else:
+            raise InputError(f"{path}: unknown tier class {tier_class!r} in tier {name!r}")
+        tiers[name] = pd.DataFrame(rows, columns=["onset", "offset", "label"])
+    return tiers
+
+
+def _read_textgrid_words(path: Path, tier: str | None = None) -> pd.DataFrame:
+    """The words of a TextGrid's word tier, without empty intervals and silence labels."""
+    tiers = read_textgrid(path)
+    if tier is not None:
+        names = [tier] if tier in tiers else []
+    else:
+        names = [n for n in tiers if n.strip().lower() in ("word", "words")]
+    if not names:
+        wanted = repr(tier) if tier is not None else "'word' or 'words'"
+        raise InputError(f"{path}: no tier named {wanted} in this TextGrid; tiers: {list(tiers)}")
+    table = tiers[names[0]]
+    labels = table["label"].str.strip()
+    keep = ~labels.str.lower().isin(SILENCE_LABELS)
+    return pd.DataFrame(
+        {
+            "word": labels[keep].to_numpy(),
+            "onset": table["onset"][keep].to_numpy(),
+            "offset": table["offset"][keep].to_numpy(),
+        }
+    )

@@ -47,8 +47,14 @@ __all__ = [
 #: Group label used when a Scores object has no ROI other than ``dims.NO_ROI``.
 ALL_VOXELS = "all"
 
-#: Spaces whose meshes nilearn ships offline (nothing is downloaded).
-SUPPORTED_SPACES = ("fsaverage5",)
+#: Surface spaces: fsaverage5 comes with nilearn (offline); fsaverage6 and fsaverage are read
+#: from a FreeSurfer folder named by the dataset's ``mesh`` (nothing is downloaded).
+SURFACE_SPACES = ("fsaverage5", "fsaverage6", "fsaverage")
+_OFFLINE_SPACES = ("fsaverage5",)
+
+#: Spaces that get a picture: surfaces, volumes (stat map and glass brain) and ROI-level data
+#: (a per-region chart).
+SUPPORTED_SPACES = (*SURFACE_SPACES, "MNI152", "native", "roi")
 
 HEMIS = ("left", "right")
 
@@ -242,45 +248,81 @@ def best_layer_values(scores: xr.Dataset, alpha: float | None = None) -> xr.Data
 # Rendering
 
 
-@functools.lru_cache(maxsize=4)
-def _mesh(space: str) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """hemi -> (inflated coordinates, faces, sulcal depth) for a mesh nilearn ships offline."""
-    if space not in SUPPORTED_SPACES:
-        raise ValueError(
-            f"brain maps are drawn on {SUPPORTED_SPACES} only (shipped offline by nilearn); "
-            f"got space={space!r}"
-        )
-    from nilearn import datasets
+def _surf_dir(mesh: str):
+    """The ``surf`` folder of a FreeSurfer subject (``mesh`` is the subject or its surf/)."""
+    from pathlib import Path
 
-    mesh = datasets.load_fsaverage(space)["inflated"]
-    sulc = datasets.load_fsaverage_data(space, mesh_type="inflated", data_type="sulcal")
+    path = Path(mesh)
+    for cand in (path / "surf", path):
+        if (cand / "lh.inflated").exists() and (cand / "rh.inflated").exists():
+            return cand
+    raise InputError(
+        f"{mesh}: no surf/lh.inflated and surf/rh.inflated; mesh: must name a FreeSurfer "
+        "subject folder (e.g. $SUBJECTS_DIR/fsaverage) or its surf/ folder"
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _mesh(
+    space: str, mesh: str | None = None
+) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """hemi -> (inflated coordinates, faces, sulcal depth).
+
+    fsaverage5 comes with nilearn; other surfaces are read from the FreeSurfer folder ``mesh``
+    (``surf/{lh,rh}.inflated`` and, when present, ``surf/{lh,rh}.sulc``).
+    """
+    if space not in SURFACE_SPACES:
+        raise ValueError(f"surface maps are drawn on {SURFACE_SPACES}; got space={space!r}")
     out = {}
-    for hemi in HEMIS:
-        part = mesh.parts[hemi]
-        out[hemi] = (
-            np.asarray(part.coordinates, dtype=float),
-            np.asarray(part.faces, dtype=np.int64),
-            np.asarray(sulc.data.parts[hemi], dtype=float).ravel(),
+    if mesh is None:
+        if space not in _OFFLINE_SPACES:
+            raise InputError(
+                f"brain maps on {space} need its mesh: set mesh: in the dataset entry to a "
+                "FreeSurfer folder with surf/lh.inflated (nilearn ships only fsaverage5 offline)"
+            )
+        from nilearn import datasets
+
+        inflated = datasets.load_fsaverage(space)["inflated"]
+        sulc = datasets.load_fsaverage_data(space, mesh_type="inflated", data_type="sulcal")
+        for hemi in HEMIS:
+            part = inflated.parts[hemi]
+            out[hemi] = (
+                np.asarray(part.coordinates, dtype=float),
+                np.asarray(part.faces, dtype=np.int64),
+                np.asarray(sulc.data.parts[hemi], dtype=float).ravel(),
+            )
+        return out
+    import nibabel as nib
+
+    surf = _surf_dir(mesh)
+    for hemi, short in (("left", "lh"), ("right", "rh")):
+        coords, faces = nib.freesurfer.read_geometry(str(surf / f"{short}.inflated"))
+        sulc_path = surf / f"{short}.sulc"
+        sulc = (
+            np.asarray(nib.freesurfer.read_morph_data(str(sulc_path)), dtype=float)
+            if sulc_path.exists()
+            else np.zeros(len(coords))
         )
+        out[hemi] = (np.asarray(coords, dtype=float), np.asarray(faces, dtype=np.int64), sulc)
     return out
 
 
 @functools.lru_cache(maxsize=16)
-def _view_geometry(space: str, view: str):
+def _view_geometry(space: str, view: str, mesh: str | None = None):
     """Camera-facing faces of one view, sorted back to front.
 
     Returns ``(polygons (n, 3, 2), faces (n, 3) into the concatenated [left, right] vertex
     array, shade (n,), background grey (n,), xlim, ylim, hemisphere label positions)``.
     """
-    mesh = _mesh(space)
+    surface = _mesh(space, mesh)
     hemis, forward, up = _VIEWS[view]
     forward = np.asarray(forward)
     up = np.asarray(up)
     right = np.cross(forward, up)
-    offsets = {"left": 0, "right": mesh["left"][0].shape[0]}
+    offsets = {"left": 0, "right": surface["left"][0].shape[0]}
     polys, faces, shade, grey, labels = [], [], [], [], []
     for hemi in hemis:
-        coords, tri, sulc = mesh[hemi]
+        coords, tri, sulc = surface[hemi]
         coords = coords.copy()
         if len(hemis) == 2:  # both hemispheres in one view: set them side by side
             if hemi == "left":
@@ -325,7 +367,7 @@ def _view_geometry(space: str, view: str):
 
 
 @functools.lru_cache(maxsize=16)
-def _face_id_image(space: str, view: str) -> np.ndarray:
+def _face_id_image(space: str, view: str, mesh: str | None = None) -> np.ndarray:
     """Which face each pixel of a view shows: int image (rows top to bottom), -1 for none.
 
     The camera-facing faces are painted back to front once, each in a colour that encodes its
@@ -335,7 +377,7 @@ def _face_id_image(space: str, view: str) -> np.ndarray:
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    polys, *_, xlim, ylim, _labels = _view_geometry(space, view)
+    polys, *_, xlim, ylim, _labels = _view_geometry(space, view, mesh)
     width_mm, height_mm = xlim[1] - xlim[0], ylim[1] - ylim[0]
     height = round(height_mm * _PX_PER_MM)
     width = round(width_mm * _PX_PER_MM)
@@ -358,11 +400,11 @@ def _face_id_image(space: str, view: str) -> np.ndarray:
     return ids
 
 
-def _vertex_array(values, hemi, vertex, space: str) -> np.ndarray:
+def _vertex_array(values, hemi, vertex, space: str, mesh: str | None = None) -> np.ndarray:
     """Scatter per-voxel values into one NaN-filled array over [left, right] mesh vertices."""
-    mesh = _mesh(space)
-    n_left = mesh["left"][0].shape[0]
-    n_right = mesh["right"][0].shape[0]
+    surface = _mesh(space, mesh)
+    n_left = surface["left"][0].shape[0]
+    n_right = surface["right"][0].shape[0]
     values = np.asarray(values, dtype=float).ravel()
     hemi = np.asarray(hemi).astype(str).ravel()
     vertex = np.asarray(vertex).ravel()
@@ -435,6 +477,7 @@ def plot_surface_map(
     categorical_labels: Mapping | Sequence[str] | None = None,
     colorbar_label: str = "",
     views: Sequence[str] = (*_GRID_VIEWS, "ventral"),
+    mesh: str | None = None,
 ) -> Figure:
     """Draw per-vertex values on the inflated surface: lateral, medial and ventral views.
 
@@ -447,7 +490,8 @@ def plot_surface_map(
     vertex : array-like of int, shape (n_voxels,)
         Vertex index into that hemisphere's mesh.
     space : str
-        Surface space; ``"fsaverage5"`` (shipped offline by nilearn).
+        Surface space: ``"fsaverage5"`` (shipped offline by nilearn), ``"fsaverage6"`` or
+        ``"fsaverage"`` (read from ``mesh``).
     title : str
         Figure title.
     cmap : str or Colormap
@@ -463,6 +507,9 @@ def plot_surface_map(
     views : sequence of str
         Subset of ``"left lateral", "right lateral", "left medial", "right medial",
         "ventral"``; by default all five (four in a 2 x 2 grid, ventral on the right).
+    mesh : str, optional
+        FreeSurfer subject folder (or its ``surf/``) with ``{lh,rh}.inflated`` (and ``.sulc``),
+        for surfaces nilearn does not ship; never downloaded.
 
     Returns
     -------
@@ -472,7 +519,7 @@ def plot_surface_map(
     unknown = [v for v in views if v not in _VIEWS]
     if unknown or not views:
         raise ValueError(f"unknown view(s) {unknown}; choose from {list(_VIEWS)}")
-    full = _vertex_array(values, hemi, vertex, space)
+    full = _vertex_array(values, hemi, vertex, space, mesh)
     categorical = categorical_labels is not None
     cmap = matplotlib.colormaps[cmap] if isinstance(cmap, str) else cmap
     finite = full[np.isfinite(full)]
@@ -520,7 +567,7 @@ def plot_surface_map(
 
     for view, spec in placed:
         ax = fig.add_subplot(spec)
-        _, faces, shade, grey, xlim, ylim, hemi_labels = _view_geometry(space, view)
+        _, faces, shade, grey, xlim, ylim, hemi_labels = _view_geometry(space, view, mesh)
         fv = _face_values(full, faces, categorical)
         rgb = np.repeat(grey[:, None], 3, axis=1)
         has = np.isfinite(fv)
@@ -531,7 +578,7 @@ def plot_surface_map(
             else:
                 rgb[has] = cmap(norm(fv[has]))[:, :3]
         rgb *= shade[:, None]
-        ids = _face_id_image(space, view)
+        ids = _face_id_image(space, view, mesh)
         image = np.zeros((*ids.shape, 4))
         inside = ids >= 0
         image[inside, :3] = rgb[ids[inside]]
@@ -617,3 +664,264 @@ def figure_to_base64_png(fig: Figure, dpi: int = 100, close: bool = True) -> str
 
             plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+# --------------------------------------------------------------------------------------------
+# Volumes, ROI-level data, and the choice between them
+
+
+def _palette(n: int, cmap) -> list:
+    cmap = matplotlib.colormaps[cmap] if isinstance(cmap, str) else cmap
+    return [cmap(x) for x in (np.linspace(0, 1, n) if n > 1 else [0.5])]
+
+
+def plot_volume_map(
+    values,
+    ijk,
+    affine,
+    grid_shape,
+    *,
+    space: str = "MNI152",
+    title: str = "",
+    cmap="viridis",
+    vmin: float | None = None,
+    vmax: float | None = None,
+    categorical_labels: Mapping | Sequence[str] | None = None,
+    colorbar_label: str = "",
+    background: str | None = None,
+) -> Figure:
+    """Per-voxel values in a volume: orthogonal slices and, in MNI152, a glass brain.
+
+    Parameters
+    ----------
+    values : array-like, shape (n_voxels,)
+        One value per voxel; NaN voxels are not drawn.
+    ijk : array-like of int, shape (n_voxels, 3)
+        Voxel indices into the grid.
+    affine : array-like, shape (4, 4) or (16,)
+        Voxel-to-world matrix of the grid.
+    grid_shape : sequence of 3 int
+        Shape of the grid.
+    space : {"MNI152", "native"}
+        MNI152 maps are drawn on nilearn's MNI152 template (shipped offline) with a glass
+        brain; native maps on ``background`` (an anatomical image on the same world
+        coordinates) or on no background.
+    title, cmap, vmin, vmax, categorical_labels, colorbar_label
+        As in :func:`plot_surface_map`; categories are drawn as codes 1..n with a legend.
+    background : str, optional
+        Anatomical image for native volumes.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    import nibabel as nib
+    from nilearn import plotting
+
+    values = np.asarray(values, dtype=float).ravel()
+    ijk = np.asarray(ijk, dtype=np.int64).reshape(-1, 3)
+    if ijk.shape[0] != values.size:
+        raise ValueError(f"{values.size} values for {ijk.shape[0]} voxel indices")
+    grid = np.zeros(tuple(int(n) for n in grid_shape), dtype=np.float32)
+    finite = np.isfinite(values)
+    categorical = categorical_labels is not None
+    if categorical:
+        codes, labels = _categories(values, categorical_labels)
+        lookup = {float(c): i + 1 for i, c in enumerate(codes)}  # 0 stays "no data"
+        shown = np.array([lookup[float(v)] for v in values[finite]], dtype=np.float32)
+        palette = _palette(len(codes), cmap)
+        cmap = mcolors.ListedColormap(palette)
+        vmin, vmax = 0.5, len(codes) + 0.5
+    else:
+        shown = values[finite]
+        if shown.size:
+            vmin = float(np.nanpercentile(shown, 2) if vmin is None else vmin)
+            vmax = float(np.nanpercentile(shown, 98) if vmax is None else vmax)
+        vmin, vmax = (0.0, 1.0) if vmin is None or vmax is None else (vmin, vmax)
+        if not vmax > vmin:
+            vmax = vmin + 1e-3
+        shown = np.clip(shown, vmin, vmax)
+        shown = np.where(shown == 0, 1e-6, shown)  # 0 is "no data" in the image
+    grid[tuple(ijk[finite].T)] = shown
+    img = nib.Nifti1Image(grid, np.asarray(affine, dtype=float).reshape(4, 4))
+    mni = space == "MNI152"
+    fig = Figure(figsize=(10.0 if mni else 7.0, 3.4))
+    if mni:
+        from nilearn.datasets import load_mni152_template
+
+        bg = load_mni152_template(resolution=2)  # shipped with nilearn, nothing downloaded
+    else:
+        bg = background
+    axes = fig.add_axes((0.0, 0.12, 0.62 if mni else 1.0, 0.76))
+    common = {"cmap": cmap, "vmin": vmin, "vmax": vmax, "colorbar": not categorical,
+              "threshold": 1e-9, "figure": fig, "annotate": True}  # fmt: skip
+    if not finite.any():
+        axes.set_axis_off()
+        axes.text(0.5, 0.5, "no voxel to show", ha="center", va="center", color="0.3")
+    else:
+        plotting.plot_stat_map(
+            img, bg_img=bg, axes=axes, display_mode="ortho", black_bg=False, **common
+        )
+        if mni:
+            glass = fig.add_axes((0.63, 0.12, 0.37, 0.76))
+            plotting.plot_glass_brain(img, axes=glass, display_mode="z", plot_abs=False, **common)
+    if title:
+        fig.suptitle(title, fontsize=10.5)
+    if categorical:
+        handles = [Patch(facecolor=palette[i], label=labels[i]) for i in range(len(labels))]
+        fig.legend(
+            handles=handles[:_MAX_LEGEND_ENTRIES],
+            loc="lower center",
+            ncol=6,
+            fontsize=8,
+            frameon=False,
+            title=colorbar_label or None,
+            title_fontsize=8,
+        )
+    elif colorbar_label:
+        fig.text(0.5, 0.02, colorbar_label, ha="center", fontsize=8, color="0.3")
+    return fig
+
+
+def plot_region_chart(
+    values,
+    regions,
+    *,
+    title: str = "",
+    cmap="viridis",
+    vmin: float | None = None,
+    vmax: float | None = None,
+    categorical_labels: Mapping | Sequence[str] | None = None,
+    colorbar_label: str = "",
+) -> Figure:
+    """One bar per region, for ROI-level data (a few regions, no map to draw on).
+
+    Parameters
+    ----------
+    values : array-like, shape (n_voxels,)
+        One value per voxel (or per region for ROI-level data).
+    regions : array-like of str, shape (n_voxels,)
+        Region of each voxel. Regions with several voxels show their mean (categories: the
+        most frequent one) and the voxel count; ``"none"`` is left out.
+    title, cmap, vmin, vmax, categorical_labels, colorbar_label
+        As in :func:`plot_surface_map`.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    values = np.asarray(values, dtype=float).ravel()
+    regions = np.asarray(regions).astype(str).ravel()
+    if regions.size != values.size:
+        raise ValueError(f"{values.size} values for {regions.size} region labels")
+    names = [r for r in dict.fromkeys(regions.tolist()) if r != dims.NO_ROI] or [dims.NO_ROI]
+    categorical = categorical_labels is not None
+    if categorical:
+        codes, labels = _categories(values, categorical_labels)
+        palette = _palette(len(codes), cmap)
+    rows = []
+    for name in names:
+        v = values[(regions == name) & np.isfinite(values)]
+        n = int((regions == name).sum())
+        if categorical:
+            code = float(np.bincount(v.astype(int)).argmax()) if v.size else np.nan
+            rows.append((name, code, n))
+        else:
+            rows.append((name, float(v.mean()) if v.size else np.nan, n))
+    height = 0.9 + 0.28 * len(rows)
+    fig = Figure(figsize=(6.4, height))
+    ax = fig.add_axes((0.28, 0.6 / height + 0.05, 0.62, 1 - 1.0 / height - 0.05))
+    y = np.arange(len(rows))[::-1]
+    if categorical:
+        index = {float(c): i for i, c in enumerate(codes)}
+        colours = [
+            palette[index[c]] if np.isfinite(c) else (0.85, 0.85, 0.85, 1) for _, c, _ in rows
+        ]
+        ax.barh(y, [1.0 if np.isfinite(c) else 0.0 for _, c, _ in rows], color=colours)
+        for yy, (_, c, _), colour in zip(y, rows, colours, strict=True):
+            text = labels[index[c]] if np.isfinite(c) else "not significant"
+            dark = np.dot(colour[:3], (0.299, 0.587, 0.114)) < 0.5
+            ax.text(0.02, yy, text, va="center", fontsize=8, color="white" if dark else "black")
+        ax.set_xticks([])
+        ax.set_xlabel(colorbar_label, fontsize=8)
+    else:
+        cm = matplotlib.colormaps[cmap] if isinstance(cmap, str) else cmap
+        vals = np.array([v for _, v, _ in rows])
+        lo = float(np.nanmin(vals)) if vmin is None and np.isfinite(vals).any() else (vmin or 0.0)
+        hi = float(np.nanmax(vals)) if vmax is None and np.isfinite(vals).any() else (vmax or 1.0)
+        norm = mcolors.Normalize(min(lo, 0.0), hi if hi > lo else lo + 1e-3)
+        ax.barh(
+            y, np.nan_to_num(vals), color=[cm(norm(v)) if np.isfinite(v) else "0.85" for v in vals]
+        )
+        ax.axvline(0, color="0.3", lw=0.8)
+        for yy, v in zip(y, vals, strict=True):
+            if not np.isfinite(v):
+                ax.text(0.0, yy, " no value (not significant or no data)", va="center",
+                        fontsize=7, color="0.4")  # fmt: skip
+        ax.set_xlabel(colorbar_label, fontsize=8)
+        ax.tick_params(labelsize=7)
+    ax.set_yticks(y)
+    ax.set_yticklabels([f"{n} ({k})" if k > 1 else n for n, _, k in rows], fontsize=8)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def map_kind(scores: xr.Dataset) -> str | None:
+    """How a Scores (or Responses) object can be pictured: ``"surface"``, ``"volume"``,
+    ``"regions"`` or None, from its ``space`` attr, voxel coordinates and provenance."""
+    space = str(scores.attrs.get("space", "fsaverage5"))
+    coords = set(scores.coords)
+    if space in SURFACE_SPACES and {dims.HEMI, dims.VERTEX} <= coords:
+        hemis = set(np.asarray(scores[dims.HEMI].values).astype(str).tolist())
+        if hemis <= set(HEMIS) and (space in _OFFLINE_SPACES or scores.attrs.get("mesh")):
+            return "surface"
+    if {"i", "j", "k"} <= coords and "affine" in scores.attrs and "grid_shape" in scores.attrs:
+        return "volume"
+    # ROI-level data, or native voxels with ROI labels and no grid (BOLD5000, Pereira)
+    if (
+        space in ("roi", "native")
+        and dims.ROI in coords
+        and (np.asarray(scores[dims.ROI].values).astype(str) != dims.NO_ROI).any()
+    ):
+        return "regions"
+    return None
+
+
+def plot_brain_map(values, scores: xr.Dataset, **kwargs) -> Figure:
+    """Draw per-voxel ``values`` of ``scores`` as its space allows (see :func:`map_kind`).
+
+    Surfaces go to :func:`plot_surface_map` (fsaverage5, or fsaverage6/fsaverage with the
+    ``mesh`` attr), volumes with ``i, j, k`` and an ``affine`` to :func:`plot_volume_map`, and
+    ROI-level data to :func:`plot_region_chart`. ``kwargs``: title, cmap, vmin, vmax,
+    categorical_labels, colorbar_label.
+    """
+    kind = map_kind(scores)
+    if kind == "surface":
+        return plot_surface_map(
+            values,
+            scores[dims.HEMI].values,
+            scores[dims.VERTEX].values,
+            space=str(scores.attrs.get("space", "fsaverage5")),
+            mesh=scores.attrs.get("mesh") or None,
+            **kwargs,
+        )
+    if kind == "volume":
+        ijk = np.stack([scores[c].values for c in ("i", "j", "k")], axis=1)
+        return plot_volume_map(
+            values,
+            ijk,
+            np.asarray(scores.attrs["affine"], dtype=float),
+            np.asarray(scores.attrs["grid_shape"]).astype(int).tolist(),
+            space="MNI152" if scores.attrs.get("space") == "MNI152" else "native",
+            background=scores.attrs.get("anat") or None,
+            **kwargs,
+        )
+    if kind == "regions":
+        return plot_region_chart(values, scores[dims.ROI].values, **kwargs)
+    raise InputError(
+        f"Scores {_identity(scores)}: nothing to draw on in space {scores.attrs.get('space')!r} "
+        "(no surface vertices, volume grid or ROI labels)"
+    )

@@ -3,12 +3,14 @@ import json
 import shlex
 
 from alignment.config import check_config, config_hash
+from alignment.data.prepare import resolve_datasets, source_files
 from alignment.encoders import accepts
 
 check_config(config, workflow.source_path("../schemas/config.schema.yaml"))
 
 CONFIG_HASH = config_hash(config)
-DATASETS = config["datasets"]
+# entries with a `format` read prepared inputs under results/data/ (workflow/rules/datasets.smk)
+DATASETS = resolve_datasets(config["datasets"])
 # Snakemake itself exports OMP_NUM_THREADS, MKL_NUM_THREADS... = {threads} to every job.
 
 
@@ -62,6 +64,14 @@ def shard_scores(wildcards):
     if n <= 1:
         return [f"{prefix}/unsharded-encoder"]
     return [f"{prefix}/shards/{i}-of-{n}.nc" for i in range(n)]
+
+
+def dataset_entry(wildcards):
+    """The user's dataset entry as one JSON argument (its own file pattern, not ours)."""
+    spec = dict(DATASETS[wildcards.dataset])
+    if "source_responses" in spec:
+        spec["responses"] = spec.pop("source_responses")
+    return as_arg(spec)
 
 
 def responses_path(dataset, subject):
