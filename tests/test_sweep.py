@@ -257,3 +257,14 @@ def test_preflight_fails_early_naming_the_setting_to_change(monkeypatch):
     monkeypatch.setattr(memory, "free_bytes", lambda device="cpu": 1000)
     with pytest.raises(InputError, match="needs about"):
         score_layers(resp, layers, encoder_spec={"kind": "ridge"}, cv={"n_folds": 3}, stats_spec={})
+
+
+def test_auto_solver_runs_the_sweep_where_it_does_less_work():
+    from alignment.encoders.ridge import sweep_pays
+
+    nsd = grouped_folds(np.arange(9000), 5)
+    assert sweep_pays(9000, 768, nsd)  # many samples per feature
+    assert not sweep_pays(192, 96, grouped_folds(np.arange(192), 3))  # the demo's images
+    X, Y = _data(192, 96)
+    enc = RidgeEncoder(alphas=ALPHAS, cv=grouped_folds(np.arange(192), 3)).fit(X[:192], Y[:192])
+    assert enc.sweep_ is None  # himalaya fitted it

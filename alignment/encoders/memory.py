@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 
-import torch
-
 from alignment.io import InputError
 
 FLOAT = 4  # bytes of a float32
@@ -19,8 +17,10 @@ FLOAT = 4  # bytes of a float32
 BATCH_SHARE = 0.5
 
 
-def free_bytes(device: torch.device | str = "cpu") -> int:
+def free_bytes(device="cpu") -> int:
     """Free memory of a device: CUDA free memory, or MemAvailable (else cgroup limit) on a CPU."""
+    import torch
+
     device = torch.device(device)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)

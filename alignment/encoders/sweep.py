@@ -26,9 +26,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where it is used: `alignment` CLI start-up stays light
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,8 @@ __all__ = ["SweepFit", "resolve_device", "ridge_sweep"]
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``auto`` = CUDA when present, else CPU; himalaya backend names are accepted too."""
+    import torch
+
     if isinstance(device, torch.device):
         return device
     aliases = {"numpy": "cpu", "torch": "cpu", "torch_cuda": "cuda", "cupy": "cuda"}
@@ -63,6 +68,8 @@ class SweepFit:
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Predicted responses (samples, voxels) as float32 numpy."""
+        import torch
+
         dev = self.coef.device
         Xs = torch.as_tensor((np.asarray(X, np.float32) - self.mean) / self.scale, device=dev)
         return (Xs @ self.coef + self.intercept).cpu().numpy()
@@ -79,6 +86,8 @@ class _Basis:
 
 def _basis(Xt: torch.Tensor, solver: str, decomp_dtype) -> _Basis:
     """Eigenbasis of the centred training features ``Xt`` (L, n, p)."""
+    import torch
+
     x_mean = Xt.mean(1)
     Xc = (Xt - x_mean[:, None]).to(decomp_dtype)
     if solver == "primal":
@@ -100,6 +109,8 @@ def _basis(Xt: torch.Tensor, solver: str, decomp_dtype) -> _Basis:
 
 
 def _as_index(idx, device) -> torch.Tensor:
+    import torch
+
     return torch.as_tensor(np.asarray(idx, dtype=np.int64), device=device)
 
 
@@ -107,6 +118,8 @@ class _FoldStats:
     """What an inner fold needs besides the voxels: its basis, its validation Gram in the basis."""
 
     def __init__(self, X, train, val, solver, decomp_dtype):
+        import torch
+
         n = X.shape[1]
         self.train, self.val = train, val
         held = np.setdiff1d(np.arange(n), train)  # rows out of the inner training set
@@ -130,6 +143,8 @@ class _FoldStats:
 
 def _fold_scores(X, Y, XtY, y_sum, fold: _FoldStats, alphas):
     """Mean squared validation error (negated) per layer, alpha and voxel: (L, A, v)."""
+    import torch
+
     b = fold.basis
     Yv = Y[fold.v_idx]
     XvYv = X[:, fold.v_idx].transpose(1, 2) @ Yv  # (L, p, v)
@@ -145,11 +160,15 @@ def _fold_scores(X, Y, XtY, y_sum, fold: _FoldStats, alphas):
     B = b.Q.transpose(1, 2) @ C  # (L, r, v)
     d = 1.0 / (b.lam[:, None, :] + alphas[None, :, None])  # (L, A, r), 0 on padded components
     d = d.to(torch.float32)
-    dB = d[..., None] * B[:, None]  # (L, A, r, v)
     yv_ss = (Yv * Yv).sum(0) - 2 * y_mean * Yv.sum(0) + fold.n_v * y_mean**2  # ||Yv - ybar||^2
     if fold.materialise:
-        pred = fold.Zv[:, None] @ dB  # (L, A, n_v, v)
-        err = ((Yv - y_mean)[None, None] - pred).pow(2).sum(2)
+        # validation predictions per alpha, (L, A, n_v, v), from the small (L, A, n_v, r) Zv D
+        L, A = d.shape[:2]
+        Zd = (fold.Zv[:, None] * d[:, :, None, :]).reshape(L, A * fold.n_v, -1)
+        pred = torch.bmm(Zd, B).reshape(L, A, fold.n_v, -1)  # no broadcast copy of B
+        E = fold.Zv.transpose(1, 2) @ (Yv - y_mean)  # (L, r, v)
+        cross = torch.bmm(d, B * E)  # sum over rows of pred * (Yv - ybar): (L, A, v)
+        err = yv_ss[None, None] - 2 * cross + torch.linalg.vector_norm(pred, dim=2) ** 2
     else:
         # Xv_c^T Yv_c = Xv^T Yv - xbar (sum Yv)^T - (sum Xv) ybar^T + n_v xbar ybar^T
         xm = b.x_mean[:, :, None]
@@ -160,8 +179,9 @@ def _fold_scores(X, Y, XtY, y_sum, fold: _FoldStats, alphas):
             + fold.n_v * xm * y_mean[None, None, :]
         )
         E = b.Q.transpose(1, 2) @ XcYc  # (L, r, v)
+        dB = d[..., None] * B[:, None]  # (L, A, r, v)
         quad = (dB * (fold.M[:, None] @ dB)).sum(2)  # (L, A, v)
-        err = yv_ss[None, None] - 2 * (dB * E[:, None]).sum(2) + quad
+        err = yv_ss[None, None] - 2 * torch.bmm(d, B * E) + quad
     return -err / fold.n_v
 
 
@@ -181,7 +201,7 @@ def ridge_sweep(
     *,
     device="auto",
     solver: str = "auto",
-    decomp_dtype=torch.float64,
+    decomp_dtype=None,
     n_targets_batch: int | None = None,
 ) -> list[SweepFit]:
     """Fit ridge with a per-voxel alpha on every layer of a model at once.
@@ -200,8 +220,8 @@ def ridge_sweep(
         ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:1`` or a himalaya backend name.
     solver : {"auto", "primal", "dual"}
         ``auto``: primal (features x features Gram) when features <= samples, else dual.
-    decomp_dtype : torch dtype
-        Precision of the Gram matrices and eigendecompositions.
+    decomp_dtype : torch dtype, optional
+        Precision of the Gram matrices and eigendecompositions (default float64).
     n_targets_batch : int, optional
         Voxels per batch; default from free memory (:func:`alignment.encoders.memory.voxel_batch`).
 
@@ -209,8 +229,11 @@ def ridge_sweep(
     -------
     list of SweepFit, one per layer, in the order of ``Xs``.
     """
+    import torch
+
     from alignment.encoders.memory import voxel_batch
 
+    decomp_dtype = decomp_dtype or torch.float64
     dev = resolve_device(device)
     Y = np.asarray(Y, dtype=np.float32)
     if Y.ndim == 1:
