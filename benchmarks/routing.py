@@ -109,7 +109,7 @@ def nsd(args) -> dict:
         ).to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=1e-4, fused=True)
         cpu_gen = torch.Generator().manual_seed(args.seed)
-        warm = torch.arange(args.batch_size * 5)
+        warm = torch.arange(min(n, args.batch_size * 5))
         run_epoch(model, opt, X, Y, warm, args.batch_size, 0.1, cpu_gen, device, precision)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
