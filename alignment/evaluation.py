@@ -68,18 +68,39 @@ class Design:
     train_rows: np.ndarray | None = None  # images, train_on="trials": image row of every trial
     Y_train: np.ndarray | None = None  # images, train_on="trials": trial responses
     train_groups: np.ndarray | None = None
+    groups: np.ndarray | None = None  # images: fold group of every row of Y (e.g. passage)
 
 
 def image_design(responses: xr.Dataset, cv: dict) -> tuple[Design, np.ndarray]:
-    """Targets and folds for an image experiment; returns the design and the image ids."""
+    """Targets and folds for a stimulus-wise experiment (images or sentences); returns the design
+    and the stimulus ids.
+
+    Folds keep every repeat of a stimulus on one side; stimuli that carry a ``passage``
+    coordinate (Pereira 2018) keep every sentence of a passage on one side, in the outer and the
+    inner folds. ``cv.n_folds: split`` uses the dataset's own split instead (a ``split``
+    coordinate with ``test`` on the held-out stimuli, e.g. NSD's shared 1,000 images).
+    """
     cv = {**CV_DEFAULTS, **cv}
     values = responses[dims.RESPONSES].values
     ids = responses[dims.STIMULUS_ID].values.astype(str)
     sessions = responses[dims.SESSION].values if dims.SESSION in responses.coords else None
     Y = timeseries.zscore_runs(values, sessions, allow_constant=True)
     means, unique = average_repeats(Y, ids)
-    trial_folds = folds.grouped_folds(ids, cv["n_folds"], cv["random_state"])
+    groups = responses["passage"].values.astype(str) if "passage" in responses.coords else ids
+    if cv["n_folds"] == "split":
+        if "split" not in responses.coords:
+            raise InputError(
+                "cv.n_folds: split needs a 'split' coordinate on the stimuli (test = held out)"
+            )
+        held_out = responses["split"].values.astype(str) == "test"
+        if held_out.all() or not held_out.any():
+            raise InputError("cv.n_folds: split needs both test and training stimuli")
+        trial_folds = [(np.flatnonzero(~held_out), np.flatnonzero(held_out))]
+    else:
+        trial_folds = folds.grouped_folds(groups, cv["n_folds"], cv["random_state"])
     position = {sid: i for i, sid in enumerate(unique)}
+    row_groups = np.empty(len(unique), dtype=object)
+    row_groups[[position[s] for s in ids]] = groups
     image_folds = []
     for train, test in trial_folds:
         tr_img = np.unique([position[s] for s in ids[train]])
@@ -87,11 +108,11 @@ def image_design(responses: xr.Dataset, cv: dict) -> tuple[Design, np.ndarray]:
         if np.intersect1d(tr_img, te_img).size:
             raise RuntimeError("an image fell on both sides of a fold")  # guards grouped_folds
         image_folds.append((tr_img, te_img))
-    design = Design(Y=means, folds=image_folds, kind="images")
+    design = Design(Y=means, folds=image_folds, kind="images", groups=row_groups.astype(str))
     if cv["train_on"] == "trials":
         design.train_rows = np.array([position[s] for s in ids])
         design.Y_train = Y
-        design.train_groups = ids
+        design.train_groups = groups
     elif cv["train_on"] != "mean":
         raise InputError(f"cv.train_on must be 'mean' or 'trials', got {cv['train_on']!r}")
     return design, unique
@@ -216,7 +237,11 @@ def _fold_training_set(X: np.ndarray, design: Design, train: np.ndarray, cv: dic
         return X[design.train_rows[trial_rows]], design.Y_train[trial_rows], inner
     if design.kind == "images":
         inner = folds.inner_folds(
-            train, n_folds=cv["inner_folds"], kind="grouped", random_state=cv["random_state"]
+            train,
+            groups=design.groups,
+            n_folds=cv["inner_folds"],
+            kind="grouped",
+            random_state=cv["random_state"],
         )
     else:
         inner = folds.inner_folds(

@@ -207,3 +207,43 @@ def test_ceilings_from_repeats_and_from_other_subjects():
     assert isc[dims.CEILING].values[:10].mean() > 3 * isc[dims.CEILING].values[10:].mean()
     with pytest.raises(InputError, match="at least 2 subjects"):
         noise_ceiling(subjects[:1], 0)
+
+
+def _sentence_responses(n_passages=12, per_passage=4, n_voxels=5, seed=0):
+    rng = np.random.default_rng(seed)
+    n = n_passages * per_passage
+    ds = make_responses(
+        rng.standard_normal((n, n_voxels)),
+        kind="images",
+        stimulus_id=[f"s{i:03d}" for i in range(n)],
+    )
+    return ds.assign_coords(
+        passage=("stimulus", np.repeat([f"p{i}" for i in range(n_passages)], per_passage)),
+        split=("stimulus", np.where(np.arange(n) < 8, "test", "train")),
+    )
+
+
+def test_sentence_folds_keep_each_passage_on_one_side_inner_folds_too():
+    from alignment.evaluation import CV_DEFAULTS, _fold_training_set
+
+    ds = _sentence_responses()
+    design, ids = image_design(ds, {"n_folds": 4, "inner_folds": 3})
+    passage = dict(zip(ds["stimulus_id"].values, ds["passage"].values, strict=True))
+    row_passage = np.array([passage[i] for i in ids])
+    X = np.zeros((len(ids), 2), dtype=np.float32)
+    for train, test in design.folds:
+        assert not set(row_passage[train]) & set(row_passage[test])
+        _, _, inner = _fold_training_set(X, design, train, {**CV_DEFAULTS, "inner_folds": 3})
+        for itrain, itest in inner:
+            assert not set(row_passage[train][itrain]) & set(row_passage[train][itest])
+
+
+def test_split_folds_use_the_datasets_own_test_set():
+    ds = _sentence_responses()
+    design, ids = image_design(ds, {"n_folds": "split"})
+    assert len(design.folds) == 1
+    train, test = design.folds[0]
+    assert sorted(ids[test]) == [f"s{i:03d}" for i in range(8)]
+    assert len(train) == len(ids) - 8
+    with pytest.raises(ValueError, match="'split' coordinate"):
+        image_design(ds.drop_vars("split"), {"n_folds": "split"})

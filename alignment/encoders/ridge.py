@@ -71,7 +71,7 @@ def sweep_pays(n_samples: int, n_features: int, inner_cv) -> bool:
     return ours < 0.5 * theirs
 
 
-@register_encoder("ridge")
+@register_encoder("ridge", experiments=("images", "narrative", "sentences"))
 class RidgeEncoder(RegressorMixin, BaseEstimator):
     """Ridge regression from features to every voxel, with alpha chosen per voxel by inner CV.
 
