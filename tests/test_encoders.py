@@ -76,10 +76,13 @@ def test_bad_input_raises_clear_errors():
 
 
 def test_registry_builds_every_kind_from_spec_and_context():
-    from alignment.encoders import ENCODERS, EncoderContext, accepts
+    from alignment.encoders import BUILTIN, ENCODERS, EncoderContext, accepts, encoder_kind
     from alignment.encoders.registry import select_layers
 
-    assert "ridge" in ENCODERS
+    for name, (_, inputs, experiments) in BUILTIN.items():  # the table matches the modules
+        kind = encoder_kind(name)
+        assert (kind.inputs, kind.experiments) == (inputs, experiments)
+        assert ENCODERS[name] is kind
     folds = [(np.arange(60, 120), np.arange(60)), (np.arange(60), np.arange(60, 120))]
     enc = make_encoder(
         {"kind": "ridge", "alphas": [1.0, 10.0], "layers": ["b"]}, EncoderContext(folds)

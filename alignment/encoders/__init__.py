@@ -1,15 +1,12 @@
 """Encoders from features to voxels, all behind one registry (:mod:`.registry`).
 
-Importing this package registers the built-in kinds; :func:`make_encoder` builds one from its
-config entry and the fold's :class:`EncoderContext`.
+The built-in kinds (ridge, routing, incontext) are listed in ``registry.BUILTIN`` and their
+modules imported when first built, so pairing models with encoders stays light;
+:func:`make_encoder` builds one from its config entry and the fold's :class:`EncoderContext`.
 """
 
-from alignment.encoders import (
-    incontext,  # noqa: F401  (registers "incontext")
-    ridge,  # noqa: F401  (registers "ridge")
-    routing,  # noqa: F401  (registers "routing")
-)
 from alignment.encoders.registry import (
+    BUILTIN,
     ENCODERS,
     EncoderContext,
     accepts,
@@ -19,6 +16,7 @@ from alignment.encoders.registry import (
 )
 
 __all__ = [
+    "BUILTIN",
     "ENCODERS",
     "EncoderContext",
     "accepts",

@@ -19,6 +19,7 @@ present and fits the layers one by one otherwise.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -79,6 +80,16 @@ class EncoderKind:
 
 ENCODERS: dict[str, EncoderKind] = {}
 
+# The built-in kinds: the module that registers each, the features it takes and its
+# experiments. The workflow pairs models with encoders from this table without importing the
+# torch-heavy modules (every job and every Snakemake start-up would pay seconds for it); a
+# module is imported when its kind is first built, and its decorator must agree with the table.
+BUILTIN: dict[str, tuple[str, str, tuple]] = {
+    "ridge": ("alignment.encoders.ridge", "pooled", ("images", "narrative", "sentences")),
+    "routing": ("alignment.encoders.routing", "tokens", ("images",)),
+    "incontext": ("alignment.encoders.incontext", "pooled", ("images",)),
+}
+
 
 def register_encoder(name: str, *, inputs: str = "pooled", experiments=("images", "narrative")):
     """Class decorator adding an estimator to :data:`ENCODERS` under ``name``.
@@ -98,6 +109,8 @@ def register_encoder(name: str, *, inputs: str = "pooled", experiments=("images"
     def add(cls):
         if not hasattr(cls, "from_spec"):
             raise TypeError(f"{cls.__name__} needs a from_spec(spec, context) class method")
+        if name in BUILTIN and BUILTIN[name][1:] != (inputs, tuple(experiments)):
+            raise TypeError(f"{cls.__name__}: registration of {name!r} disagrees with BUILTIN")
         ENCODERS[name] = EncoderKind(name, cls, inputs, tuple(experiments))
         return cls
 
@@ -107,8 +120,12 @@ def register_encoder(name: str, *, inputs: str = "pooled", experiments=("images"
 def encoder_kind(spec: dict | str) -> EncoderKind:
     """The registered kind of an encoder spec (or kind name); a clear error for an unknown one."""
     name = spec if isinstance(spec, str) else spec.get("kind", "ridge")
+    if name not in ENCODERS and name in BUILTIN:
+        importlib.import_module(BUILTIN[name][0])  # its decorator registers the kind
     if name not in ENCODERS:
-        raise InputError(f"unknown encoder kind {name!r}; available: {sorted(ENCODERS)}")
+        raise InputError(
+            f"unknown encoder kind {name!r}; available: {sorted(set(ENCODERS) | set(BUILTIN))}"
+        )
     return ENCODERS[name]
 
 
@@ -170,8 +187,14 @@ def accepts(encoder_spec: dict, model_spec: dict, experiment: str) -> bool:
     The workflow pairs every dataset model with every dataset encoder that accepts it, so a
     tokens model feeds the routing encoder and a pooled model feeds ridge.
     """
-    kind = encoder_kind(encoder_spec)
-    return kind.inputs == features_kind(model_spec) and experiment in kind.experiments
+    name = encoder_spec.get("kind", "ridge")
+    if name in ENCODERS:
+        inputs, experiments = ENCODERS[name].inputs, ENCODERS[name].experiments
+    elif name in BUILTIN:
+        _, inputs, experiments = BUILTIN[name]
+    else:
+        inputs, experiments = encoder_kind(name).inputs, encoder_kind(name).experiments
+    return inputs == features_kind(model_spec) and experiment in experiments
 
 
 def check_features(X: np.ndarray, kind: EncoderKind, source: str) -> None:

@@ -52,7 +52,9 @@ def dataset_rsa_pairs(dataset):
         (model, encoder)
         for model in spec["models"]
         for encoder in dataset_encoders(dataset)
-        if is_rsa(encoder) and config["models"][model].get("pooling") != "tokens"
+        if is_rsa(encoder)
+        and config["models"][model].get("pooling") != "tokens"
+        and model in config["encoders"][encoder].get("models", [model])
     ]
 
 
