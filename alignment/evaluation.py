@@ -729,59 +729,63 @@ def score_layers(
         responses_source,
     )
     todo = [name for name in names if name not in saved]
-    progress = tqdm(total=len(names), initial=len(saved), desc="layers", unit="layer")
-    for start in range(0, len(todo), group):
-        batch = todo[start : start + group]
-        Xs, contexts = {}, {}
-        for name in batch:
-            layer = layers[name]
-            if narrative:
-                X = narrative_features_matrix(layer, responses, timeseries_spec, features_source)
-            else:
-                X = image_features_matrix(layer, row_ids, features_source, responses_source)
-            check_features(X, kind, features_source)
-            Xs[name] = X
-            contexts[name] = replace(
-                base_context, features={**base_context.features, **layer.attrs, "layer": name}
-            )
-        results = cross_validated_layers(Xs, design, encoder_spec, cv, contexts)
-        nulls = {}
-        if null_kind == "refit":
-            nulls = refit_null(
-                design,
-                Xs,
-                encoder_spec,
-                cv,
-                contexts,
-                results,
-                n_permutations=stats_spec["n_permutations"],
-                random_state=stats_spec["random_state"],
-            )
-        for name in batch:
-            result = results.pop(name)
-            scores = _score_layer(design, result, stats_spec, nulls.get(name), roi_labels)
-            scores = {k: np.asarray(v, dtype=np.float32) for k, v in scores.items()}
-            done[name] = scores
-            if checkpoint_dir and not return_interpretation:
-                _save_checkpoint(checkpoint_dir, name, scores)
-            if result.interpretation:
-                interpretations[name] = xr.Dataset(
-                    {
-                        key: ((dims.STIMULUS, *[f"{key}_dim{i}" for i in range(1, v.ndim)]), v)
-                        for key, v in result.interpretation.items()
-                    },
-                    coords=(
-                        {dims.STIMULUS_ID: (dims.STIMULUS, row_ids)} if row_ids is not None else {}
-                    ),
+    # closed on error too, so a message printed after it starts on a line of its own
+    with tqdm(total=len(names), initial=len(saved), desc="layers", unit="layer") as progress:
+        for start in range(0, len(todo), group):
+            batch = todo[start : start + group]
+            Xs, contexts = {}, {}
+            for name in batch:
+                layer = layers[name]
+                if narrative:
+                    X = narrative_features_matrix(
+                        layer, responses, timeseries_spec, features_source
+                    )
+                else:
+                    X = image_features_matrix(layer, row_ids, features_source, responses_source)
+                check_features(X, kind, features_source)
+                Xs[name] = X
+                contexts[name] = replace(
+                    base_context, features={**base_context.features, **layer.attrs, "layer": name}
                 )
-            log.info(
-                "%s: median r %.3f, max r %.3f",
-                name,
-                np.nanmedian(scores[dims.R]),
-                np.nanmax(scores[dims.R]),
-            )
-            progress.update(1)
-    progress.close()
+            results = cross_validated_layers(Xs, design, encoder_spec, cv, contexts)
+            nulls = {}
+            if null_kind == "refit":
+                nulls = refit_null(
+                    design,
+                    Xs,
+                    encoder_spec,
+                    cv,
+                    contexts,
+                    results,
+                    n_permutations=stats_spec["n_permutations"],
+                    random_state=stats_spec["random_state"],
+                )
+            for name in batch:
+                result = results.pop(name)
+                scores = _score_layer(design, result, stats_spec, nulls.get(name), roi_labels)
+                scores = {k: np.asarray(v, dtype=np.float32) for k, v in scores.items()}
+                done[name] = scores
+                if checkpoint_dir and not return_interpretation:
+                    _save_checkpoint(checkpoint_dir, name, scores)
+                if result.interpretation:
+                    interpretations[name] = xr.Dataset(
+                        {
+                            key: ((dims.STIMULUS, *[f"{key}_dim{i}" for i in range(1, v.ndim)]), v)
+                            for key, v in result.interpretation.items()
+                        },
+                        coords=(
+                            {dims.STIMULUS_ID: (dims.STIMULUS, row_ids)}
+                            if row_ids is not None
+                            else {}
+                        ),
+                    )
+                log.info(
+                    "%s: median r %.3f, max r %.3f",
+                    name,
+                    np.nanmedian(scores[dims.R]),
+                    np.nanmax(scores[dims.R]),
+                )
+                progress.update(1)
     out: dict[str, list] = {}
     for name in names:
         for key, value in done[name].items():

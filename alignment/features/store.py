@@ -26,7 +26,7 @@ import numpy as np
 import xarray as xr
 
 from alignment.features.spec import layer_name
-from alignment.io import _clean_attrs, write_json
+from alignment.io import InputError, _clean_attrs, write_json
 
 log = logging.getLogger(__name__)
 
@@ -133,18 +133,25 @@ def write_store(job, out, *, progress=None, batch_size: int | None = None) -> di
 
     done = start
     pending: deque = deque()
-    with ThreadPoolExecutor(max_workers=1) as writer:
-        for a, b, batch in it:
-            if a != done:
-                raise RuntimeError(f"batches out of order: expected row {done}, got {a}")
-            if not arrays:
-                open_arrays(batch, create=start == 0)
-            pending.append(writer.submit(write, a, b, batch))
-            while len(pending) > 2:
+    try:
+        with ThreadPoolExecutor(max_workers=1) as writer:
+            for a, b, batch in it:
+                if a != done:
+                    raise RuntimeError(f"batches out of order: expected row {done}, got {a}")
+                if not arrays:
+                    open_arrays(batch, create=start == 0)
+                pending.append(writer.submit(write, a, b, batch))
+                while len(pending) > 2:
+                    pending.popleft().result()
+                done = b
+            while pending:
                 pending.popleft().result()
-            done = b
-        while pending:
-            pending.popleft().result()
+    except InputError:
+        # bad input with no batch finished leaves nothing behind; finished batches stay in
+        # the hidden partial store, a resume point that no later step reads
+        if done == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if not arrays and start > 0:  # killed after the last batch, before the rename
         open_arrays(None, create=False)
     if done != job.n_rows:
