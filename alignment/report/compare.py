@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from alignment.report.group import _EXTRA_CSS, _badge, _figure
+from alignment.report.group import _EXTRA_CSS, _badge, _figure, _paired_table
 from alignment.report.html import _CSS, _dump_config, _e, _num, package_versions
 from alignment.report.study import (
     _spec,
@@ -87,36 +87,6 @@ def _peaks_table(peaks: pd.DataFrame) -> str:
                 f"<td class='num'>{row.n_best}/{row.n_subjects}</td></tr>"
             )
         out.append("</table>")
-    return "\n".join(out)
-
-
-def _pairs_table(diffs: pd.DataFrame, alpha: float) -> str:
-    out = ["<table><caption>Pairwise differences (two-sided), paired across subjects.</caption>"]
-    heads = [
-        "a",
-        "b",
-        "encoder",
-        "ROI",
-        "subjects",
-        "a: r − null",
-        "b: r − null",
-        "a − b [95% CI]",
-        "p",
-        "q",
-    ]
-    out.append("<tr>" + "".join(f"<th>{_e(h)}</th>" for h in heads) + "</tr>")
-    for row in diffs.itertuples(index=False):
-        cls = "num sig" if row.significant else "num"
-        out.append(
-            f"<tr><td>{_e(row.model_a)} <span class='note'>({_e(row.layer_a)})</span></td>"
-            f"<td>{_e(row.model_b)} <span class='note'>({_e(row.layer_b)})</span></td>"
-            f"<td>{_e(row.encoder)}</td><td>{_e(row.roi)}</td>"
-            f"<td class='num'>{row.n_subjects}</td><td class='num'>{_num(row.a)}</td>"
-            f"<td class='num'>{_num(row.b)}</td>"
-            f"<td class='num'>{_num(row.diff)} [{_num(row.ci_low)}, {_num(row.ci_high)}]</td>"
-            f"<td class='num'>{_num(row.p)}</td><td class='{cls}'>{_num(row.q)}</td></tr>"
-        )
-    out.append("</table>")
     return "\n".join(out)
 
 
@@ -208,7 +178,15 @@ def render_compare_report(
     body.append(_peaks_table(peaks))
     body.append("<h2>Pairwise model differences</h2>")
     if diffs is not None and len(diffs):
-        body.append(_pairs_table(diffs, alpha))
+        body.append(
+            _paired_table(
+                diffs,
+                "Pairwise differences (two-sided), paired across subjects.",
+                "a",
+                "b",
+                "a − b",
+            )
+        )
         body.append(
             _figure(
                 plot_paired_differences(diffs, f"{dataset}: listed model pairs, n = {n}"),

@@ -316,24 +316,12 @@ def _best_table(best: pd.DataFrame, stats: pd.DataFrame, planted, alpha: float) 
     return "\n".join(out)
 
 
-def _diff_table(diffs: pd.DataFrame, alpha: float) -> str:
-    out = [
-        "<table>",
-        "<caption>Model minus baseline, paired across subjects (one-sided: the "
-        "model scores higher).</caption>",
-    ]
-    heads = [
-        "model",
-        "baseline",
-        "encoder",
-        "ROI",
-        "subjects",
-        "model r − null",
-        "baseline r − null",
-        "difference [95% CI]",
-        "p",
-        "q",
-    ]
+def _paired_table(diffs: pd.DataFrame, caption: str, a: str, b: str, diff: str) -> str:
+    """Paired differences across subjects (``paired_differences`` rows), one per pair and ROI;
+    ``a``, ``b`` and ``diff`` name the two sides and their difference in the header."""
+    heads = [a, b, "encoder", "ROI", "subjects", f"{a} r − null", f"{b} r − null",
+             f"{diff} [95% CI]", "p", "q"]  # fmt: skip
+    out = [f"<table><caption>{_e(caption)}</caption>"]
     out.append("<tr>" + "".join(f"<th>{_e(h)}</th>" for h in heads) + "</tr>")
     for row in diffs.itertuples(index=False):
         cls = "num sig" if row.significant else "num"
@@ -618,7 +606,16 @@ def render_group_report(
 
     body.append('<h2 id="baselines">Models against baselines</h2>')
     if len(diffs):
-        body.append(_diff_table(diffs, alpha))
+        body.append(
+            _paired_table(
+                diffs,
+                "Model minus baseline, paired across subjects (one-sided: the model scores "
+                "higher).",
+                "model",
+                "baseline",
+                "difference",
+            )
+        )
         fig = plot_paired_differences(diffs, f"{dataset}: model − baseline, n = {n}")
         body.append(
             _figure(
