@@ -163,7 +163,16 @@ def test_reduced_demo_runs_as_slurm_jobs_and_a_failure_is_reported(slurm_env, tm
         by_rule.setdefault(rule[1], []).append(job)
     submitted = _submitted_resources(log)
     # every rule with a shell command ran as a SLURM job (rule `all` is a local target)
-    assert set(by_rule) == {"demo_data", "features", "ceiling", "encode", "report", "summary"}
+    assert set(by_rule) == {
+        "demo_data",
+        "features",
+        "ceiling",
+        "encode",
+        "report",
+        "summary",
+        "group_report",
+        "compare_report",
+    }
     for rule, rule_jobs in by_rule.items():
         assert len(rule_jobs) == len(submitted[rule]), rule
         want, own = _expected(rule)
