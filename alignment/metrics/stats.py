@@ -241,31 +241,26 @@ class _PooledScorer:
         return obs, null
 
 
-class _CircularScorer:
-    """Mean over folds of per-fold r, and its null under per-fold circular shifts of y_pred."""
+class _FoldwiseScorer:
+    """Mean over test folds of per-fold r, and its null: each subclass gives one fold's null
+    r for every permutation (``_fold_null``); folds where a voxel is constant are skipped."""
 
-    def __init__(self, folds: list[np.ndarray], shifts: np.ndarray):
-        self.folds = folds
-        self.shifts = shifts
+    n_perm: int
+
+    def _fold_null(self, k: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
 
     def __call__(self, yt: np.ndarray, yp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n_vox = yt.shape[1]
-        n_perm = self.shifts.shape[0]
         obs_sum = np.zeros(n_vox)
-        null_sum = np.zeros((n_perm, n_vox))
+        null_sum = np.zeros((self.n_perm, n_vox))
         count = np.zeros(n_vox)
         for k, f in enumerate(self.folds):
             a, ok_a = _standardise(yt[f])
             b, ok_b = _standardise(yp[f])
             ok = ok_a & ok_b
-            size = f.size
-            # cc[s] = sum_t a[t] b[t - s]: the r of y_pred rolled by s, for every s at once
-            cc = np.fft.irfft(
-                np.fft.rfft(a, axis=0) * np.conj(np.fft.rfft(b, axis=0)), n=size, axis=0
-            )
-            obs = np.einsum("ij,ij->j", a, b)
-            obs_sum += np.where(ok, obs, 0.0)
-            null_sum += np.where(ok, cc[self.shifts[:, k]], 0.0)
+            obs_sum += np.where(ok, np.einsum("ij,ij->j", a, b), 0.0)
+            null_sum += np.where(ok, self._fold_null(k, a, b), 0.0)
             count += ok
         with np.errstate(divide="ignore", invalid="ignore"):
             obs = np.clip(obs_sum / count, -1.0, 1.0)
@@ -273,6 +268,21 @@ class _CircularScorer:
         obs[count == 0] = np.nan
         null[:, count == 0] = np.nan
         return obs, null
+
+
+class _CircularScorer(_FoldwiseScorer):
+    """Mean over folds of per-fold r, and its null under per-fold circular shifts of y_pred."""
+
+    def __init__(self, folds: list[np.ndarray], shifts: np.ndarray):
+        self.folds = folds
+        self.shifts = shifts
+        self.n_perm = shifts.shape[0]
+
+    def _fold_null(self, k: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        # cc[s] = sum_t a[t] b[t - s]: the r of y_pred rolled by s, for every s at once
+        size = a.shape[0]
+        cc = np.fft.irfft(np.fft.rfft(a, axis=0) * np.conj(np.fft.rfft(b, axis=0)), n=size, axis=0)
+        return cc[self.shifts[:, k]]
 
 
 def autocorrelation_length(x, max_lag: int | None = None) -> int:
@@ -335,7 +345,7 @@ def _block_permutations(size: int, b: int, n_permutations: int, rng) -> np.ndarr
     return out
 
 
-class _MirrorScorer:
+class _MirrorScorer(_FoldwiseScorer):
     """Mean over folds of per-fold r, and its null under reflected circular shifts.
 
     Each fold's ``y_pred`` is extended by its time reversal (``[b, b[::-1]]``, continuous at
@@ -348,75 +358,42 @@ class _MirrorScorer:
     def __init__(self, folds: list[np.ndarray], shifts: np.ndarray):
         self.folds = folds
         self.shifts = shifts
+        self.n_perm = shifts.shape[0]
 
-    def __call__(self, yt: np.ndarray, yp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        n_vox = yt.shape[1]
-        n_perm = self.shifts.shape[0]
-        obs_sum = np.zeros(n_vox)
-        null_sum = np.zeros((n_perm, n_vox))
-        count = np.zeros(n_vox)
-        for k, f in enumerate(self.folds):
-            size = f.size
-            a, ok_a = _standardise(yt[f])
-            b, ok_b = _standardise(yp[f])
-            ok = ok_a & ok_b
-            obs_sum += np.where(ok, np.einsum("ij,ij->j", a, b), 0.0)
-            loop = np.concatenate([b, b[::-1]])  # period 2 * size
-            padded = np.zeros_like(loop)
-            padded[:size] = a
-            # cc[s] = sum_{t < size} a[t] loop[(t - s) mod 2 size]
-            cc = np.fft.irfft(
-                np.fft.rfft(padded, axis=0) * np.conj(np.fft.rfft(loop, axis=0)),
-                n=2 * size,
-                axis=0,
-            )
-            # sums of the window of every start, to standardise it (window mean is removed
-            # by the centred a, its variance needs sum(w^2) - sum(w)^2 / size)
-            twice = np.concatenate([loop, loop])
-            c1 = np.concatenate([np.zeros((1, n_vox)), np.cumsum(twice, axis=0)])
-            c2 = np.concatenate([np.zeros((1, n_vox)), np.cumsum(twice * twice, axis=0)])
-            start = (-self.shifts[:, k]) % (2 * size)
-            s1 = c1[start + size] - c1[start]
-            s2 = c2[start + size] - c2[start]
-            var = np.maximum(s2 - s1 * s1 / size, 1e-12)
-            null_sum += np.where(ok, cc[self.shifts[:, k]] / np.sqrt(var), 0.0)
-            count += ok
-        with np.errstate(divide="ignore", invalid="ignore"):
-            obs = np.clip(obs_sum / count, -1.0, 1.0)
-            null = null_sum / count
-        obs[count == 0] = np.nan
-        null[:, count == 0] = np.nan
-        return obs, null
+    def _fold_null(self, k: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        size, n_vox = a.shape
+        loop = np.concatenate([b, b[::-1]])  # period 2 * size
+        padded = np.zeros_like(loop)
+        padded[:size] = a
+        # cc[s] = sum_{t < size} a[t] loop[(t - s) mod 2 size]
+        cc = np.fft.irfft(
+            np.fft.rfft(padded, axis=0) * np.conj(np.fft.rfft(loop, axis=0)),
+            n=2 * size,
+            axis=0,
+        )
+        # sums of the window of every start, to standardise it (window mean is removed
+        # by the centred a, its variance needs sum(w^2) - sum(w)^2 / size)
+        twice = np.concatenate([loop, loop])
+        c1 = np.concatenate([np.zeros((1, n_vox)), np.cumsum(twice, axis=0)])
+        c2 = np.concatenate([np.zeros((1, n_vox)), np.cumsum(twice * twice, axis=0)])
+        start = (-self.shifts[:, k]) % (2 * size)
+        s1 = c1[start + size] - c1[start]
+        s2 = c2[start + size] - c2[start]
+        var = np.maximum(s2 - s1 * s1 / size, 1e-12)
+        return cc[self.shifts[:, k]] / np.sqrt(var)
 
 
-class _BlockScorer:
+class _BlockScorer(_FoldwiseScorer):
     """Mean over folds of per-fold r, and its null under per-fold block permutations."""
 
     def __init__(self, folds: list[np.ndarray], perms: list[np.ndarray]):
         self.folds = folds
         self.perms = perms
+        self.n_perm = perms[0].shape[0]
 
-    def __call__(self, yt: np.ndarray, yp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        n_vox = yt.shape[1]
-        n_perm = self.perms[0].shape[0]
-        obs_sum = np.zeros(n_vox)
-        null_sum = np.zeros((n_perm, n_vox))
-        count = np.zeros(n_vox)
-        for f, perms in zip(self.folds, self.perms, strict=True):
-            a, ok_a = _standardise(yt[f])
-            b, ok_b = _standardise(yp[f])
-            ok = ok_a & ok_b
-            a32, b32 = a.astype(np.float32), b.astype(np.float32)
-            obs_sum += np.where(ok, np.einsum("ij,ij->j", a, b), 0.0)
-            for i, perm in enumerate(perms):
-                null_sum[i] += np.where(ok, np.einsum("ij,ij->j", b32[perm], a32), 0.0)
-            count += ok
-        with np.errstate(divide="ignore", invalid="ignore"):
-            obs = np.clip(obs_sum / count, -1.0, 1.0)
-            null = null_sum / count
-        obs[count == 0] = np.nan
-        null[:, count == 0] = np.nan
-        return obs, null
+    def _fold_null(self, k: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        a32, b32 = a.astype(np.float32), b.astype(np.float32)
+        return np.stack([np.einsum("ij,ij->j", b32[perm], a32) for perm in self.perms[k]])
 
 
 def fdr_bh(p) -> np.ndarray:
