@@ -114,6 +114,25 @@ def check_config(config: dict, schema_path: str | Path, source: str = "config.ya
                 problems.append(
                     f"models.{name}: 'source' (local folder or Hugging Face id) is required"
                 )
+        for name, enc in encoders.items():
+            if enc.get("kind") != "banded":
+                continue
+            modalities = set()
+            for i, space in enumerate(enc.get("spaces", [])):
+                model = space["model"]
+                if model not in models:
+                    close = difflib.get_close_matches(model, list(models), n=1)
+                    problems.append(
+                        f"encoders.{name}.spaces[{i}].model: {model!r} is not defined under models"
+                        + (f" (did you mean {close[0]!r}?)" if close else "")
+                    )
+                else:
+                    modalities.add(models[model].get("modality"))
+            if len(modalities) > 1:
+                problems.append(
+                    f"encoders.{name}.spaces: the spaces mix modalities {sorted(modalities)}; "
+                    "they must describe one stimulus set"
+                )
         for pair in config.get("compare", []):
             for model in pair:
                 if model not in models:
