@@ -834,7 +834,9 @@ def score_layers(
                 extra = {}
                 if isinstance(layer, dict):  # feature spaces fitted together (banded ridge)
                     check_space_ids(layer, features_source)
-                    mats = [matrix(a, a.attrs.get("store", features_source)) for a in layer.values()]
+                    mats = [
+                        matrix(a, a.attrs.get("store", features_source)) for a in layer.values()
+                    ]
                     X = np.concatenate(mats, axis=1)
                     extra = {"spaces": list(layer), "space_sizes": [m.shape[1] for m in mats]}
                     layer_attrs = next(iter(layer.values())).attrs

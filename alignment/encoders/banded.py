@@ -28,6 +28,8 @@ In config.yaml::
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 
@@ -55,10 +57,8 @@ def check_spaces(spec: dict, encoder: str = "banded") -> list[dict]:
     if not isinstance(spaces, list) or len(spaces) < 2:
         raise InputError(f"{key}: a banded encoder needs a list of at least 2 feature spaces")
     for i, entry in enumerate(spaces):
-        if not isinstance(entry, dict) or not entry.get("model") or entry.get("layer") in (
-            None,
-            [],
-        ):
+        layer = entry.get("layer") if isinstance(entry, dict) else None
+        if not isinstance(entry, dict) or not entry.get("model") or layer is None or layer == []:
             raise InputError(f"{key}[{i}]: each space needs a model and a layer, got {entry!r}")
         unknown = sorted(set(entry) - set(SPACE_KEYS))
         if unknown:
@@ -119,8 +119,10 @@ def space_layers(spec: dict, stores: dict, encoder: str = "banded") -> dict:
         wanted = entry["layer"] if isinstance(entry["layer"], list) else [entry["layer"]]
         parts = []
         for item in wanted:
-            if isinstance(item, int) and not isinstance(item, bool) and -len(names) <= item < len(
-                names
+            if (
+                isinstance(item, int)
+                and not isinstance(item, bool)
+                and -len(names) <= item < len(names)
             ):
                 item = names[item]
             if item not in layers:
@@ -138,7 +140,7 @@ def space_layers(spec: dict, stores: dict, encoder: str = "banded") -> dict:
 
 def _slices(sizes) -> list[slice]:
     edges = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
-    return [slice(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    return [slice(a, b) for a, b in itertools.pairwise(edges)]
 
 
 @register_encoder("banded", experiments=("images", "narrative", "sentences"))

@@ -14,10 +14,10 @@ the Scores' ``alpha``). Optional method: ``interpret(X)`` returning a dict of ar
 axis is the samples of ``X`` (e.g. attention maps), gathered over test folds. Optional method:
 ``predict_split(X)`` returning ``{"split": (n_spaces, samples, voxels)}`` (each feature space's
 part of the prediction) and optionally ``"without"`` (the predictions of the model refitted
-without each space), gathered over test folds and scored as per-space R² (banded ridge). Optional class
-method: ``fit_layers(spec, contexts, Xs, Y)`` fitting one encoder per layer on the same
-responses and fold at once (e.g. ridge's batched layer sweep); :func:`fit_encoders` uses it when
-present and fits the layers one by one otherwise.
+without each space), gathered over test folds and scored as per-space R² (banded ridge).
+Optional class method: ``fit_layers(spec, contexts, Xs, Y)`` fitting one encoder per layer on
+the same responses and fold at once (e.g. ridge's batched layer sweep); :func:`fit_encoders`
+uses it when present and fits the layers one by one otherwise.
 """
 
 from __future__ import annotations

@@ -445,10 +445,14 @@ def _lowlevel_job(name, spec, kind, stimuli, ids, row_dim, coords, base_attrs) -
                     if size:
                         img = img.resize((int(size), int(size)), Image.Resampling.BICUBIC)
                     rows.append(lowlevel.image_descriptors(np.asarray(img), n_bands))
-                yield a, b, {
-                    i: np.stack([r[n] for r in rows]).astype(np.float32)
-                    for i, n in enumerate(names)
-                }
+                yield (
+                    a,
+                    b,
+                    {
+                        i: np.stack([r[n] for r in rows]).astype(np.float32)
+                        for i, n in enumerate(names)
+                    },
+                )
 
     key = cache_key(spec, resolved)
     attrs = {

@@ -22,6 +22,7 @@ Each descriptor group is one layer; unit names are stored in the ``unit_name`` c
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 from pathlib import Path
 
@@ -49,7 +50,7 @@ def band_edges(n_bands: int) -> np.ndarray:
 def band_names(n_bands: int) -> list[str]:
     """Unit names of the spatial-frequency bands, e.g. ``sf_0.25-0.5cpp``."""
     edges = band_edges(n_bands)
-    return [f"sf_{a:.3g}-{b:.3g}cpp" for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    return [f"sf_{a:.3g}-{b:.3g}cpp" for a, b in itertools.pairwise(edges)]
 
 
 def image_descriptors(pixels: np.ndarray, n_bands: int = 4) -> dict[str, np.ndarray]:
@@ -83,8 +84,9 @@ def image_descriptors(pixels: np.ndarray, n_bands: int = 4) -> dict[str, np.ndar
     edges = band_edges(n_bands)
     # the top band takes the corners above Nyquist (diagonal frequencies up to 0.707)
     upper = np.append(edges[1:-1], np.inf)
+    lower = edges[:-1]
     bands = np.array(
-        [power[(radius > lo) & (radius <= hi)].sum() for lo, hi in zip(edges[:-1], upper)]
+        [power[(radius > lo) & (radius <= hi)].sum() for lo, hi in zip(lower, upper, strict=True)]
     )
     return {
         "luminance": np.array([mean]),
