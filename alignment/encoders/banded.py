@@ -131,6 +131,8 @@ def space_layers(spec: dict, stores: dict, encoder: str = "banded") -> dict:
                     f"it holds {names}"
                 )
             parts.append(layers[item])
+        if len(parts) > 1:  # layers side by side: their scalar coords (depth) no longer apply
+            parts = [p.drop_vars([c for c in p.coords if p[c].ndim == 0]) for p in parts]
         arr = parts[0] if len(parts) == 1 else xr.concat(parts, dim=dims.UNIT, coords="minimal")
         arr = arr.copy()
         arr.attrs = {**arr.attrs, "store": path, "model": model}
