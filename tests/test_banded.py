@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,6 +19,8 @@ from alignment.features import extract_features
 from alignment.features.lowlevel import band_names, image_descriptors
 from alignment.io import InputError, write_zarr_layers
 
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 ALPHAS = [0.1, 1.0, 10.0, 100.0, 1000.0]
 SPEC = {"kind": "banded", "alphas": ALPHAS, "n_iter": 8}
 CV = {"n_folds": 5, "inner_folds": 3, "random_state": 0}
@@ -204,7 +208,7 @@ def test_unknown_space_model_or_layer_names_the_config_key(tmp_path):
         "encoders": {"bd": {**spec, "spaces": [*spec["spaces"][:1], {"model": "mm", "layer": 0}]}},
     }
     with pytest.raises(InputError, match=r"encoders.bd.spaces\[1\].model: 'mm' is not defined"):
-        check_config(config, "workflow/schemas/config.schema.yaml")
+        check_config(config, SCHEMA)
 
 
 # ---------------------------------------------------------------------------------- lowlevel
@@ -337,3 +341,39 @@ def test_word_rate_resampled_to_trs_counts_words_per_tr():
     )[:, 0]
     assert rate[5:25].mean() == pytest.approx(4.0, rel=0.05)
     assert rate[35:55].mean() == pytest.approx(2.0, rel=0.05)
+
+
+def test_report_shows_per_space_r2(planted_scores):
+    from alignment.report.banded import banded_section, space_table
+
+    _, _, scores = planted_scores
+    table = space_table(scores)
+    row = table.set_index("roi").loc["B"]
+    assert row["r2_split[B]"] > 0.4 and row["wins[B]"] == 1.0 and row["wins[A]"] == 0.0
+    html = banded_section(scores, dpi=40)
+    assert "Variance partitioning" in html and "unique R² A" in html
+    assert html.count("data:image/png;base64,") == 1  # the bars (no surface: no maps)
+    assert banded_section(scores.drop_vars([dims.R2_SPLIT, dims.R2_UNIQUE, dims.R2_WITHOUT])) == ""
+
+
+def test_config_example_of_a_banded_encoder_is_valid():
+    import yaml
+
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["models"]["lowlevel-image"] = {"kind": "lowlevel", "modality": "image", "n_bands": 4}
+    config["encoders"]["banded"] = {
+        "kind": "banded",
+        "spaces": [
+            {"model": "vit-tiny-untrained", "layer": "layer_05"},
+            {"model": "lowlevel-image", "layer": ["luminance", "contrast"], "name": "low-level"},
+        ],
+        "n_iter": 10,
+    }
+    check_config(config, SCHEMA)
+    config["models"]["lowlevel-text"] = {"kind": "lowlevel", "modality": "text"}
+    config["encoders"]["banded"]["spaces"][1]["model"] = "lowlevel-text"
+    with pytest.raises(InputError, match="mix modalities"):
+        check_config(config, SCHEMA)
+    config["encoders"]["banded"]["spaces"] = config["encoders"]["banded"]["spaces"][:1]
+    with pytest.raises(InputError, match=r"encoders\.banded"):
+        check_config(config, SCHEMA)
