@@ -377,3 +377,74 @@ def test_config_example_of_a_banded_encoder_is_valid():
     config["encoders"]["banded"]["spaces"] = config["encoders"]["banded"]["spaces"][:1]
     with pytest.raises(InputError, match=r"encoders\.banded"):
         check_config(config, SCHEMA)
+
+
+def test_sharded_banded_scores_equal_unsharded():
+    from alignment.evaluation import merge_shards
+
+    resp, layers = _planted(n=120, k=3)
+    kw = {"encoder_spec": {**SPEC, "n_iter": 4}, "cv": CV, "stats_spec": STATS}
+    whole = score_layers(resp, layers, **kw)
+    shards = [score_layers(resp, layers, voxel_shard=(i, 2), **kw) for i in range(2)]
+    merged = merge_shards(shards)
+    for var in (dims.R, dims.R2_SPLIT, dims.R2_UNIQUE):
+        np.testing.assert_allclose(merged[var].values, whole[var].values, atol=1e-6)
+
+
+def test_narrative_spaces_get_the_responses_filter_and_delays():
+    # two runs of word-level spaces; voxel group A follows space A two TRs later, group B
+    # space B, on top of a slow drift: each space is resampled, detrended and delayed like
+    # ridge's features, and the right space wins its group
+    rng = np.random.default_rng(1)
+    tr, n_tr = 2.0, 150
+    rows, runs = [], []
+    for run in ("r1", "r2"):
+        onsets = np.sort(rng.uniform(0, n_tr * tr - 4, 500))
+        rows.append(pd.DataFrame({"onset": onsets, "offset": onsets + 0.2, "run": run}))
+        runs.append(np.full(n_tr, run))
+    words = pd.concat(rows, ignore_index=True)
+    ids = [f"{r}:{i:05d}" for i, r in enumerate(words["run"])]
+    coords = {
+        dims.STIMULUS_ID: (dims.WORD, ids),
+        dims.RUN: (dims.WORD, words["run"].to_numpy()),
+        dims.ONSET: (dims.WORD, words["onset"].to_numpy()),
+        dims.OFFSET: (dims.WORD, words["offset"].to_numpy()),
+    }
+    A = rng.standard_normal((len(words), 3)).astype(np.float32)
+    B = rng.standard_normal((len(words), 2)).astype(np.float32)
+    times = timeseries.tr_times(n_tr, tr, 0.0)
+    parts = []
+    for run in ("r1", "r2"):
+        sel = (words["run"] == run).to_numpy()
+        at = [timeseries.lanczos_resample(F[sel], words["onset"][sel], times) for F in (A, B)]
+        parts.append([np.roll(x, 2, axis=0) for x in at])  # a 2-TR lag
+    signal_a = np.concatenate([p[0] for p in parts]) @ rng.standard_normal((3, 8))
+    signal_b = np.concatenate([p[1] for p in parts]) @ rng.standard_normal((2, 8))
+    drift = np.linspace(-3, 3, 2 * n_tr)[:, None]
+    data = np.concatenate([signal_a, signal_b], 1)
+    data = data / data.std(0) + drift + rng.standard_normal(data.shape)
+    resp = make_responses(
+        data,
+        kind="narrative",
+        run=np.concatenate(runs),
+        roi=np.array(["A"] * 8 + ["B"] * 8),
+        attrs={"tr": tr},
+    )
+    spaces = {
+        name: xr.DataArray(F, dims=(dims.WORD, dims.UNIT), coords=coords)
+        for name, F in (("A", A), ("B", B))
+    }
+    scores = score_layers(
+        resp,
+        {"A + B": spaces},
+        encoder_spec={**SPEC, "n_iter": 4, "unique_variance": False},
+        cv={"n_folds": 4, "inner_folds": 3, "gap_trs": 3},
+        stats_spec=STATS,
+        timeseries_spec={"delays": [1, 2, 3], "savgol_window_s": 60.0},
+    )
+    split = scores[dims.R2_SPLIT].values[0]
+    roi = scores[dims.ROI].values
+    assert dims.R2_UNIQUE not in scores
+    assert (split[0, roi == "A"] > 0.2).all() and (split[1, roi == "B"] > 0.2).all()
+    assert (split[0, roi == "A"] > split[1, roi == "A"]).all()
+    assert (split[1, roi == "B"] > split[0, roi == "B"]).all()
