@@ -37,7 +37,6 @@ import pandas as pd
 import xarray as xr
 
 from alignment import __version__, dims
-from alignment.features import huggingface
 from alignment.features.spec import (
     MODEL_DEFAULTS,
     cache_key,
@@ -254,6 +253,8 @@ def prepare(spec: dict, stimuli: pd.DataFrame, *, name: str = "model") -> Job:
             f"model {name!r} is an {modality} model but the stimuli are "
             f"{'words' if kind == 'narrative' else kind}"
         )
+    from alignment.features import huggingface  # torch: only network models need it
+
     loaded = huggingface.load(
         spec["source"],
         revision=spec["revision"],
