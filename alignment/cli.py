@@ -204,6 +204,14 @@ def _shard(text: str | None):
     return int(index), int(total)
 
 
+def _files(item: str) -> list[Path]:
+    """The files of an ``--encoder-input NAME=PATH`` (a file, or up to 1000 in a folder)."""
+    path = Path(item.partition("=")[2])
+    if path.is_file():
+        return [path]
+    return [p for p in sorted(path.rglob("*"))[:1000] if p.is_file()] if path.is_dir() else []
+
+
 def _checkpoint_folder(args, shard) -> str:
     """Sidecar folder of per-layer checkpoints, keyed by everything that changes the numbers."""
     import hashlib
@@ -223,12 +231,8 @@ def _checkpoint_folder(args, shard) -> str:
         "stats": args.stats,
         "timeseries": args.timeseries,
         "inputs": sorted(args.encoder_input),
-        "input_files": [  # e.g. the other feature stores of a banded encoder
-            stamp(p)
-            for item in sorted(args.encoder_input)
-            for p in sorted(Path(item.partition("=")[2]).rglob("*"))[:1000]
-            if p.is_file()
-        ],
+        # e.g. the other feature stores of a banded encoder, an in-context checkpoint
+        "input_files": [stamp(p) for item in sorted(args.encoder_input) for p in _files(item)],
         "on_bad_voxels": args.on_bad_voxels,
         "shard": shard,
         "version": __version__,

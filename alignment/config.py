@@ -133,6 +133,17 @@ def check_config(config: dict, schema_path: str | Path, source: str = "config.ya
                     f"encoders.{name}.spaces: the spaces mix modalities {sorted(modalities)}; "
                     "they must describe one stimulus set"
                 )
+            # the fit runs on the datasets that list its first space's model (its Scores live
+            # under that model): one that no dataset lists would silently never run
+            first = (enc.get("spaces") or [{}])[0].get("model")
+            if first in models and not any(
+                first in ds.get("models", []) and name in ds.get("encoders", [name])
+                for ds in config.get("datasets", {}).values()
+            ):
+                problems.append(
+                    f"encoders.{name}.spaces[0].model: {first!r} is in no dataset's models that "
+                    "uses this encoder, so the banded encoder would run nowhere"
+                )
         for pair in config.get("compare", []):
             for model in pair:
                 if model not in models:

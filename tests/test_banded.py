@@ -448,3 +448,19 @@ def test_narrative_spaces_get_the_responses_filter_and_delays():
     assert (split[0, roi == "A"] > 0.2).all() and (split[1, roi == "B"] > 0.2).all()
     assert (split[0, roi == "A"] > split[1, roi == "A"]).all()
     assert (split[1, roi == "B"] > split[0, roi == "B"]).all()
+
+
+def test_a_banded_encoder_that_would_run_nowhere_is_an_error():
+    import yaml
+
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["models"]["lowlevel-image"] = {"kind": "lowlevel", "modality": "image"}
+    config["encoders"]["banded"] = {
+        "kind": "banded",
+        "spaces": [
+            {"model": "lowlevel-image", "layer": "luminance"},
+            {"model": "vit-tiny-untrained", "layer": "layer_05"},
+        ],
+    }
+    with pytest.raises(InputError, match=r"spaces\[0\].model: 'lowlevel-image' is in no dataset"):
+        check_config(config, SCHEMA)
