@@ -464,3 +464,26 @@ def test_a_banded_encoder_that_would_run_nowhere_is_an_error():
     }
     with pytest.raises(InputError, match=r"spaces\[0\].model: 'lowlevel-image' is in no dataset"):
         check_config(config, SCHEMA)
+
+
+def test_encode_verb_reads_the_spaces_from_several_stores(tmp_path):
+    from alignment.cli import main
+    from alignment.io import read_netcdf, write_netcdf
+
+    resp, layers = _planted(n=80, k=2)
+    write_netcdf(resp, tmp_path / "resp.nc")
+    for name, arr in layers["A + B"].items():
+        store = {"layer_00": arr.assign_coords(layer_index=0)}
+        write_zarr_layers(store, tmp_path / f"{name}.zarr", {"model": name})
+    spec = '{"kind": "banded", "n_iter": 3, "spaces": [{"model": "A", "layer": "layer_00"}, '
+    args = ["encode", "--responses", str(tmp_path / "resp.nc"), "--features"]
+    args += [str(tmp_path / "A.zarr"), "--encoder", "bd", "--stats", '{"n_permutations": 10}']
+    args += ["--cv", '{"n_folds": 4, "inner_folds": 3}', "--out", str(tmp_path / "s.nc")]
+    ok = spec + '{"model": "B", "layer": 0}]}'
+    assert main([*args, "--encoder-spec", ok, "--encoder-input", f"B={tmp_path / 'B.zarr'}"]) == 0
+    scores = read_netcdf(tmp_path / "s.nc")
+    assert list(scores[dims.SPACE].values) == ["A:layer_00", "B:layer_00"]
+    assert scores.attrs["model"] == "A" and scores.attrs["encoder_kind"] == "banded"
+    # a space whose model has no store: exit status 2 naming the config key
+    bad = spec + '{"model": "C", "layer": 0}]}'
+    assert main([*args, "--encoder-spec", bad]) == 2

@@ -74,11 +74,6 @@ def space_models(spec: dict) -> list[str]:
     return list(dict.fromkeys(str(e["model"]) for e in spec.get("spaces", [])))
 
 
-def joint_name(spec: dict) -> str:
-    """The Scores' layer name of a banded fit: the spaces' names joined by `` + ``."""
-    return " + ".join(space_name(e) for e in spec["spaces"])
-
-
 def space_layers(spec: dict, stores: dict, encoder: str = "banded") -> dict:
     """The layers of every space of a banded spec, read from the models' feature stores.
 
@@ -117,7 +112,7 @@ def space_layers(spec: dict, stores: dict, encoder: str = "banded") -> dict:
         layers = cache[path]
         names = list(layers)
         wanted = entry["layer"] if isinstance(entry["layer"], list) else [entry["layer"]]
-        parts = []
+        parts, resolved = [], []
         for item in wanted:
             if (
                 isinstance(item, int)
@@ -131,13 +126,17 @@ def space_layers(spec: dict, stores: dict, encoder: str = "banded") -> dict:
                     f"it holds {names}"
                 )
             parts.append(layers[item])
+            resolved.append(item)
         if len(parts) > 1:  # layers side by side: their scalar coords (depth) no longer apply
             parts = [p.drop_vars([c for c in p.coords if p[c].ndim == 0]) for p in parts]
         arr = parts[0] if len(parts) == 1 else xr.concat(parts, dim=dims.UNIT, coords="minimal")
         arr = arr.copy()
         arr.attrs = {**arr.attrs, "store": path, "model": model}
-        spaces[space_name(entry)] = arr
-    return {joint_name(spec): spaces}
+        name = space_name({**entry, "layer": resolved})  # positions read as layer names
+        if name in spaces:
+            raise InputError(f"encoders.{encoder}.spaces[{i}]: a second space {name!r}")
+        spaces[name] = arr
+    return {" + ".join(spaces): spaces}
 
 
 def _slices(sizes) -> list[slice]:
