@@ -732,7 +732,13 @@ def score_layers(
         Validated Responses (images or narrative).
     layers : dict of layer name to DataArray
         Features per layer: (stimulus or word, unit), or (stimulus, token, unit) for encoders
-        that take patch tokens.
+        that take patch tokens. A value may also be a dict of space name to DataArray: feature
+        spaces fitted together (banded ridge, :func:`alignment.encoders.banded.space_layers`);
+        each is built like a layer (narratives: resampled, filtered and delayed), they go side
+        by side into one matrix, the encoder learns their widths from its context
+        (``spaces``, ``space_sizes``), and the Scores gain (layer, space, voxel) variables
+        ``r2_split`` and, when the encoder refits without each space, ``r2_without`` and
+        ``r2_unique`` (:func:`split_scores`).
     encoder_spec, cv, stats_spec, timeseries_spec : dict
         Config sections (defaults in this module). ``encoder_spec["kind"]`` names a registered
         encoder (:mod:`alignment.encoders.registry`).
