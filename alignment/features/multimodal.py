@@ -94,14 +94,14 @@ def image_prompt_batches(
     state: dict = {}
 
     def reduce_language(h):
-        return torch.einsum("bt,btu->bu", state["w"], h.float()).cpu()
+        return torch.einsum("bt,btu->bu", state["w"], h.float())
 
     def reduce_vision(h):
         h = h.float()
         if h.dim() == 2:  # Qwen2-VL: (all patches, units) for the whole batch
             parts = torch.split(h, state["sizes"])
-            return torch.stack([p.mean(0) for p in parts]).cpu()
-        return h.mean(1).cpu()
+            return torch.stack([p.mean(0) for p in parts])
+        return h.mean(1)
 
     reduce = reduce_vision if stream == "vision" else reduce_language
     with LayerTap(loaded, indices, reduce) as tap:

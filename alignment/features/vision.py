@@ -162,7 +162,7 @@ def image_batches(
             out = h[:, n_special_tokens(grid, h.shape[1]) :]
         else:
             out = h[:, n_special_tokens(grid, h.shape[1]) :].mean(dim=1)
-        return out.float().cpu()
+        return out.float()
 
     with ThreadPoolExecutor(max_workers=max(1, n_workers)) as pool:
         fn, arg = (_prepare_uint8, fast) if fast else (_prepare, proc)
