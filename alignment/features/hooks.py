@@ -109,16 +109,24 @@ class LayerTap:
         self._handles = []
         return False
 
-    def run(self, fn: Callable, *args, **kwargs) -> dict[int, torch.Tensor]:
-        """Call ``fn`` (the model's forward), return {index: reduced hidden state}."""
+    def launch(self, fn: Callable, *args, **kwargs) -> None:
+        """Call ``fn`` (the model's forward); on CUDA, return before the copies are done."""
         self.captured = {}
         self._keep = []
         with contextlib.suppress(_Done):
             fn(*args, **kwargs)
-        if self._stream is not None:
-            self._stream.synchronize()
-            self._keep = []
         missing = sorted(set(self.indices) - set(self.captured))
         if missing:
             raise RuntimeError(f"hidden states {missing} were not captured by the hooks")
+
+    def collect(self) -> dict[int, torch.Tensor]:
+        """Wait for the last :meth:`launch`'s copies; {index: reduced hidden state on host}."""
+        if self._stream is not None:
+            self._stream.synchronize()
+        self._keep = []
         return dict(self.captured)
+
+    def run(self, fn: Callable, *args, **kwargs) -> dict[int, torch.Tensor]:
+        """Call ``fn`` (the model's forward), return {index: reduced hidden state}."""
+        self.launch(fn, *args, **kwargs)
+        return self.collect()

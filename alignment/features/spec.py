@@ -28,6 +28,7 @@ MODEL_DEFAULTS = {
     "device": "auto",
     "dtype": "auto",
     "image_size": None,
+    "jpeg_draft": False,  # images: decode large JPEGs at a reduced scale (approximate)
     "prompt": None,
     "stream": "language",  # multimodal: language model or vision tower layers
 }

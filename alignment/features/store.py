@@ -162,7 +162,7 @@ def write_store(job, out, *, progress=None, batch_size: int | None = None) -> di
     if progress is not None:
         it = progress(job, it, start)
 
-    n_threads = max(1, min(4, len(job.indices), os.cpu_count() or 1))
+    n_threads = max(1, min(8, len(job.indices), (os.cpu_count() or 2) // 2))
     buffer: dict[int, list] = {i: [] for i in job.indices}
     buffered_from = start  # first row held in ``buffer``
     done = start  # rows received from the iterator
