@@ -25,6 +25,7 @@ next batch is fetched and uploaded while the current one runs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -104,7 +105,7 @@ def fast_path(proc) -> dict | None:
     else:  # SizeDict
         h, w = getattr(size, "height", None), getattr(size, "width", None)
     flags = {k: getattr(proc, k, None) for k in ("do_center_crop", "do_pad", "do_reduce_labels")}
-    resample = int(getattr(proc, "resample", 2) or 2)
+    resample = _resample_code(getattr(proc, "resample", 2))
     if (
         not (h and w)
         or any(flags.values())
@@ -123,6 +124,17 @@ def fast_path(proc) -> dict | None:
         "mean": None if mean is None else [float(m) for m in mean],
         "std": None if std is None else [float(x) for x in std],
     }
+
+
+def _resample_code(resample) -> int | None:
+    """PIL's resample code (2 bilinear, 3 bicubic, ...) of a processor setting, None if unknown."""
+    if resample is None:
+        return 2
+    try:
+        return int(resample)
+    except (TypeError, ValueError):  # e.g. torchvision's InterpolationMode in "fast" processors
+        name = str(getattr(resample, "name", resample)).lower()
+        return {"bilinear": 2, "bicubic": 3}.get(name)
 
 
 # ----------------------------------------------------------------------------- host side
@@ -166,7 +178,10 @@ class ImageFiles(torch.utils.data.Dataset):
         if self._hdf5 is None or self._hdf5[0] != os.getpid():  # one set of files per process
             self._hdf5 = (os.getpid(), _HDF5Images())
         paths = self.paths[k * self.sub : (k + 1) * self.sub]
-        images = [open_image(p, self._hdf5[1], self.draft) for p in paths]
+        try:
+            images = [open_image(p, self._hdf5[1], self.draft) for p in paths]
+        except InputError as err:  # raised again, as one line, by the main process
+            return _Failed(str(err))
         if self.fast is None:
             return self.proc(images=images, return_tensors="pt")["pixel_values"]
         arrays = [np.asarray(im) for im in images]
@@ -174,6 +189,10 @@ class ImageFiles(torch.utils.data.Dataset):
         flat = _empty_uint8(sum(a.size for a in arrays))
         np.concatenate([a.reshape(-1) for a in arrays], out=flat.numpy())
         return flat, shapes
+
+
+class _Failed(str):
+    """An error message from a worker (DataLoader would wrap the exception in a traceback)."""
 
 
 def _empty_uint8(n: int) -> torch.Tensor:
@@ -206,7 +225,7 @@ def host_batches(paths, *, proc, fast, draft, batch_size, start, n_workers, devi
         return
     workers = n_loader_workers(n_workers)
     # small sub-batches keep every worker busy to the end; at most batch_size images each
-    sub = max(1, min(batch_size, -(-batch_size // max(1, 2 * workers)), 32))
+    sub = max(1, min(batch_size, -(-batch_size // max(1, workers)), 32))
     # each model batch is a whole number of sub-batches
     sub = next(s for s in range(sub, 0, -1) if batch_size % s == 0)
     data = ImageFiles(paths[start:], sub, proc, fast, draft)
@@ -222,6 +241,8 @@ def host_batches(paths, *, proc, fast, draft, batch_size, start, n_workers, devi
     per_batch = batch_size // sub
     group, a = [], start
     for item in loader:
+        if isinstance(item, _Failed):
+            raise InputError(str(item))
         group.append(item)
         if len(group) == per_batch:
             b = min(a + batch_size, len(paths))
@@ -236,7 +257,7 @@ def host_batches(paths, *, proc, fast, draft, batch_size, start, n_workers, devi
 
 def upload(group, device, stream=None):
     """Copy a batch's sub-batches to ``device`` (on ``stream`` when given, non-blocking)."""
-    ctx = torch.cuda.stream(stream) if stream is not None else _nullcontext()
+    ctx = torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
     with ctx:
         out = []
         for item in group:
@@ -245,14 +266,6 @@ def upload(group, device, stream=None):
             else:
                 out.append(item.to(device, non_blocking=True))
     return out
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def device_preprocess(fast: dict | None, group, device, dtype) -> torch.Tensor:
