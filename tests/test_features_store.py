@@ -136,3 +136,27 @@ def test_kill_9_mid_extraction_then_rerun(tiny_vit, tmp_path):
     assert not partial_path(out).exists()
     layers, _ = extract_features(spec, table)
     _assert_same(out, layers)
+
+
+def test_raw_chunk_writes_equal_zarr_writes(tmp_path):
+    """Whole chunks written as files read back as zarr wrote them, the last one padded."""
+    import zarr
+
+    from alignment.features.store import _raw_chunks, write_chunks
+
+    data = np.random.default_rng(0).standard_normal((10, 3, 4)).astype(np.float16)
+    arrays = []
+    for name in ("zarr", "raw"):
+        g = zarr.open_group(str(tmp_path / name), mode="w")
+        arrays.append(g.create_array("f", shape=data.shape, chunks=(4, 3, 4), dtype="f2",
+                                     fill_value=np.nan, compressors=None))  # fmt: skip
+    arrays[0][:] = data
+    assert _raw_chunks(arrays[1])
+    write_chunks(tmp_path / "raw" / "f", 0, data[:8], 4, 10)
+    write_chunks(tmp_path / "raw" / "f", 8, data[8:], 4, 10)  # the partial last chunk
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "raw" / "f"))[:], data)
+    for k in range(3):
+        a, b = (tmp_path / n / "f" / "c" / str(k) / "0" / "0" for n in ("zarr", "raw"))
+        assert a.read_bytes() == b.read_bytes()
+    with pytest.raises(RuntimeError, match="last"):
+        write_chunks(tmp_path / "raw" / "f", 0, data[:6], 4, 10)

@@ -25,6 +25,8 @@ import json
 import logging
 import os
 import shutil
+import sys
+import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -57,6 +59,47 @@ def chunk_rows(row_shape, itemsize: int, n_rows: int, target_bytes: int = CHUNK_
     row_bytes = max(1, int(np.prod(row_shape)) * itemsize)
     by_size = max(1, target_bytes // row_bytes)
     return int(max(1, min(by_size, -(-n_rows // MIN_CHUNKS))))
+
+
+def _raw_chunks(array) -> bool:
+    """True when a chunk file is the chunk's bytes as they are: uncompressed, little-endian,
+    default ``c/i/j/...`` keys (zarr v3), on a little-endian machine."""
+    meta = getattr(array, "metadata", None)
+    codecs = getattr(meta, "codecs", ())
+    enc = getattr(meta, "chunk_key_encoding", None)
+    return (
+        sys.byteorder == "little"
+        and len(codecs) == 1
+        and type(codecs[0]).__name__ == "BytesCodec"
+        and str(getattr(codecs[0].endian, "value", codecs[0].endian)) == "little"
+        and type(enc).__name__ == "DefaultChunkKeyEncoding"
+        and getattr(enc, "separator", None) == "/"
+    )
+
+
+def write_chunks(folder: Path, start: int, block: np.ndarray, rows: int, n_rows: int) -> None:
+    """Write rows ``start..start + len(block)`` of an uncompressed zarr v3 array, whole chunks.
+
+    The rows start on a chunk boundary and end on one or at the array's end; a chunk file holds
+    exactly the chunk's bytes (the last chunk padded to the full chunk with NaN, as zarr stores
+    edge chunks), written to a temporary name and renamed, so a chunk is never half-written.
+    This is what ``array[a:b] = block`` does, at about twice the speed (no copies through
+    zarr's codec pipeline), which matters at GBs of features a minute.
+    """
+    suffix = ["0"] * (block.ndim - 1)
+    for s in range(0, len(block), rows):
+        piece = block[s : s + rows]
+        if len(piece) < rows:
+            if start + s + len(piece) != n_rows:
+                raise RuntimeError("a partial chunk must be the array's last")
+            pad = np.full((rows - len(piece), *piece.shape[1:]), np.nan, dtype=piece.dtype)
+            piece = np.concatenate([piece, pad])
+        path = folder.joinpath("c", str((start + s) // rows), *suffix)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        part = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")
+        with open(part, "wb") as fh:
+            fh.write(memoryview(np.ascontiguousarray(piece)).cast("B"))
+        os.replace(part, path)
 
 
 def _complete(out: Path, key: str) -> bool:
@@ -156,7 +199,11 @@ def write_store(job, out, *, progress=None, batch_size: int | None = None) -> di
 
     def write_layer(i, a, b, parts):
         block = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        arrays[i][a:b] = block.astype(job.dtype, copy=False)
+        block = block.astype(job.dtype, copy=False)
+        if a % rows_per_chunk == 0 and _raw_chunks(arrays[i]):
+            write_chunks(tmp / layer_name(i) / "features", a, block, rows_per_chunk, job.n_rows)
+        else:
+            arrays[i][a:b] = block
 
     it = job.batches(start, batch_size)
     if progress is not None:
