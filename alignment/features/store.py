@@ -289,16 +289,18 @@ def write_store(job, out, *, progress=None, batch_size: int | None = None) -> di
         group = layer_name(i)
         g = zarr.open_group(str(tmp / group), mode="a")
         feats = g["features"]
+        update = {}  # one metadata write per array and group (attrs[k] = v writes each time)
         if late:
             names = set(feats.attrs["coordinates"].split()) | set(late)
-            feats.attrs["coordinates"] = " ".join(sorted(names))
+            update["coordinates"] = " ".join(sorted(names))
         if "token_grid" in job.info and arrays[i].ndim == 3:
-            feats.attrs["token_grid"] = list(job.info["token_grid"])
-        g.attrs.update({**attrs, "layer": group, "layer_index": int(i)})
+            update["token_grid"] = list(job.info["token_grid"])
+        if update:
+            feats.update_attributes(update)
+        g.update_attributes({**attrs, "layer": group, "layer_index": int(i)})
     root = zarr.open_group(str(tmp), mode="a")
-    root.attrs.update({**attrs, "layers": groups})
-    if "token_grid" in job.info:
-        root.attrs["token_grid"] = list(job.info["token_grid"])
+    extra = {"token_grid": list(job.info["token_grid"])} if "token_grid" in job.info else {}
+    root.update_attributes({**attrs, "layers": groups, **extra})
     prog.unlink()
     if out.exists():
         shutil.rmtree(out)
