@@ -249,13 +249,14 @@ def write_store(job, out, *, progress=None, batch_size: int | None = None) -> di
 
     try:
         with ThreadPoolExecutor(max_workers=n_threads) as pool:
-            coords_done = pool.submit(create_coords) if start == 0 else None
+            # the first batch comes before any writer thread starts: image decoding workers
+            # are forked then, from a process with no thread inside zarr or xarray
             for a, b, batch in it:
                 if a != done:
                     raise RuntimeError(f"batches out of order: expected row {done}, got {a}")
                 if not arrays:
-                    if coords_done is not None:
-                        coords_done.result()
+                    if start == 0:
+                        create_coords()
                     open_arrays(batch, create=start == 0)
                 for i in job.indices:
                     buffer[i].append(batch[i])
@@ -263,8 +264,6 @@ def write_store(job, out, *, progress=None, batch_size: int | None = None) -> di
                 boundary = done if done == job.n_rows else done - (done % rows_per_chunk)
                 flush(boundary, pool)
                 settle(keep=2)
-            if coords_done is not None:
-                coords_done.result()
             settle(keep=0)
     except BaseException as err:
         # keep what was computed: the chunks in flight are finished and recorded as done
