@@ -157,7 +157,8 @@ def bench_vit(cfg, root: Path, device: str, dtype: str) -> dict:
         "vit_images": cfg["n_images"],
         "vit_image_files": f"JPEG q90 {cfg['photo_size'][0]}x{cfg['photo_size'][1]} synthetic "
         f"photos, mean {np.mean(sizes) / 1e3:.0f} KB",
-        "vit_decode_workers": n_loader_workers(None),
+        "vit_decode_workers": job.info.get("decode_workers"),
+        "vit_decode_workers_wanted": n_loader_workers(None),
         "vit_model_load_s": round(load_s, 2),
         "vit_batch": batch,
         "vit_layers": v["num_hidden_layers"] + 1,
@@ -269,6 +270,12 @@ def main(argv=None) -> dict:
               "cpus": _cpus()}  # fmt: skip
     if torch.cuda.is_available():
         result["gpu"] = torch.cuda.get_device_name(0)
+    try:  # decoding workers hand images over in shared memory
+        import shutil
+
+        result["shm_free_gb"] = round(shutil.disk_usage("/dev/shm").free / 1e9, 1)
+    except OSError:
+        pass
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         root = Path(tmp)
         if args.only in (None, "vit"):

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 
 import numpy as np
@@ -34,6 +35,7 @@ import torch
 
 from alignment.io import InputError
 
+log = logging.getLogger(__name__)
 IMAGE_POOLINGS = ("mean", "cls", "tokens")
 # PIL resample codes that torch's antialiased interpolate reproduces (PIL's a = -0.5 cubic)
 _DEVICE_RESAMPLE = {2: "bilinear", 3: "bicubic"}
@@ -218,7 +220,41 @@ def n_loader_workers(n_workers: int | None) -> int:
     return int(n_workers) if int(n_workers) > 1 else 0
 
 
-def host_batches(paths, *, proc, fast, draft, batch_size, start, n_workers, device):
+def _fit_shared_memory(path, workers: int, sub: int, fast) -> tuple[int, int]:
+    """Workers and prefetch depth whose sub-batches in flight fit in /dev/shm.
+
+    Workers hand their sub-batches over in shared memory; containers often mount a small
+    /dev/shm (Docker: 64 MB), where a full one kills the run. The in-flight size is estimated
+    from the first image (decoded RGB, or the processed float pixels).
+    """
+    import shutil
+
+    if workers == 0:
+        return 0, 2
+    try:
+        free = shutil.disk_usage("/dev/shm").free
+    except OSError:
+        return workers, 4
+    try:
+        from PIL import Image
+
+        with Image.open(path) as img:
+            w, h = img.size
+    except Exception:
+        w, h = 640, 480
+    per_image = w * h * 3 if fast else 3 * 4 * 224 * 224 * 4
+    for prefetch in (4, 2, 1):
+        if workers * prefetch * sub * per_image * 2 <= free:
+            return workers, prefetch
+    fitted = int(free // (2 * sub * per_image))
+    log.warning(
+        "/dev/shm has %.0f MB free: %d image decoding workers instead of %d (mount a larger "
+        "/dev/shm, e.g. docker --shm-size=8g, for full speed)", free / 2**20, fitted, workers,
+    )  # fmt: skip
+    return (fitted if fitted > 1 else 0), 1
+
+
+def host_batches(paths, *, proc, fast, draft, batch_size, start, n_workers, device, info=None):
     """Yield ``(row_start, row_stop, [sub-batch, ...])`` read by worker processes, in order."""
     n = len(paths) - start
     if n <= 0:
@@ -229,13 +265,16 @@ def host_batches(paths, *, proc, fast, draft, batch_size, start, n_workers, devi
     # each model batch is a whole number of sub-batches
     sub = next(s for s in range(sub, 0, -1) if batch_size % s == 0)
     data = ImageFiles(paths[start:], sub, proc, fast, draft)
+    workers, prefetch = _fit_shared_memory(paths[start], workers, sub, fast)
+    if info is not None:
+        info["decode_workers"] = workers
     loader = torch.utils.data.DataLoader(
         data,
         batch_size=None,
         collate_fn=_unbatched,
         num_workers=workers,
         pin_memory=device.type == "cuda",
-        prefetch_factor=4 if workers else None,
+        prefetch_factor=prefetch if workers else None,
         multiprocessing_context="fork" if workers and hasattr(os, "fork") else None,
     )
     per_batch = batch_size // sub
@@ -346,7 +385,7 @@ def image_batches(
     stream = torch.cuda.Stream(device) if cuda else None
     batches = host_batches(
         list(paths), proc=proc, fast=fast, draft=jpeg_draft, batch_size=batch_size,
-        start=start, n_workers=n_workers, device=device,
+        start=start, n_workers=n_workers, device=device, info=info,
     )  # fmt: skip
 
     def uploaded():
