@@ -4,7 +4,7 @@
    (decode in worker processes, resize/normalise on the device, forward with hooks on every
    layer, mean pooling, write), against the bare model forward on ready tensors at the same
    batch size. The JPEGs are synthetic photographs the size of NSD/COCO images (500 x 375,
-   quality 90, about 60 KB: smooth colour fields, texture, objects, blur and sensor noise), not
+   quality 90, about 80 KB: colour fields, fine texture, objects, blur and sensor noise), not
    224 px thumbnails, so decoding costs what it costs on real data.
 2. A 1B-parameter-class random decoder (Llama architecture) on a generated narrative with
    ``context_words`` of context: words/s end to end, and the fraction of the bare forward's
@@ -77,15 +77,16 @@ def synthetic_photo(seed: int, width: int = 500, height: int = 375):
     mid = Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).resize(
         (width, height), bicubic
     )
-    img = Image.blend(low, mid, 0.35)
+    fine = Image.fromarray(rng.integers(0, 256, (height // 4, width // 4, 3), dtype=np.uint8))
+    img = Image.blend(Image.blend(low, mid, 0.35), fine.resize((width, height), bicubic), 0.4)
     draw = ImageDraw.Draw(img)
     for _ in range(12):
         x, y, r = rng.integers(0, width), rng.integers(0, height), rng.integers(10, 90)
         colour = tuple(int(c) for c in rng.integers(0, 256, 3))
         shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
         shape([x - r, y - 0.7 * r, x + r, y + 0.7 * r], fill=colour)
-    img = img.filter(ImageFilter.GaussianBlur(1.2))
-    noisy = np.asarray(img, dtype=np.float32) + rng.normal(0, 7, (height, width, 3))
+    img = img.filter(ImageFilter.GaussianBlur(0.7))
+    noisy = np.asarray(img, dtype=np.float32) + rng.normal(0, 10, (height, width, 3))
     return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
 
 
