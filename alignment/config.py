@@ -157,6 +157,20 @@ def check_config(config: dict, schema_path: str | Path, source: str = "config.ya
     return config
 
 
+#: Entries of a model spec that describe the model for the reports (comparison, group) and change
+#: no number: they never enter a features cache key, a rule's params or an encode hash.
+MODEL_DESCRIPTIVE_KEYS = ("params", "family", "instruction_tuned", "trained", "label")
+
+
+def model_extraction_spec(spec: dict) -> dict:
+    """A model spec without its descriptive entries (:data:`MODEL_DESCRIPTIVE_KEYS`).
+
+    What the features rule passes to ``alignment features`` and what an encode job's
+    provenance hash covers, so that editing a label re-runs nothing.
+    """
+    return {k: v for k, v in spec.items() if k not in MODEL_DESCRIPTIVE_KEYS}
+
+
 def config_hash(config: dict) -> str:
     """Short hash of the whole config (provenance)."""
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]

@@ -1,15 +1,22 @@
 """Feature-extraction throughput: end to end (files on disk -> zarr store) vs the bare forward.
 
-1. A ViT-B/16-sized random model at 224 px: images/s from uint8 JPEG files on disk to the zarr
-   store (decode, preprocess, forward with hooks on every layer, mean pooling, write), against
-   the bare model forward on ready tensors at the same batch size.
+1. A ViT-B/16-sized random model at 224 px: images/s from JPEG files on disk to the zarr store
+   (decode in worker processes, resize/normalise on the device, forward with hooks on every
+   layer, mean pooling, write), against the bare model forward on ready tensors at the same
+   batch size. The JPEGs are synthetic photographs the size of NSD/COCO images (500 x 375,
+   quality 90, about 80 KB: colour fields, fine texture, objects, blur and sensor noise), not
+   224 px thumbnails, so decoding costs what it costs on real data.
 2. A 1B-parameter-class random decoder (Llama architecture) on a generated narrative with
    ``context_words`` of context: words/s end to end, and the fraction of the bare forward's
-   token throughput (same window shapes) that the extraction reaches.
+   token throughput (same window shapes, same token count) that the extraction reaches. The
+   extraction without the store (forward, gather, copy to host) is timed too, and the bytes
+   written: float32 features of every layer for every word are GBs, so the store's write speed
+   bounds the end-to-end figure.
 
-``--scale small`` (default) runs tiny versions on the CPU in seconds; ``--scale full --device
-cuda`` is the real measurement (H100: ViT-B/16 bf16, batch 256; 1.1B decoder, 20,000 words,
-512 words of context). Prints one JSON line last.
+Both models get one warm-up forward before timing (as the bare forward does). ``--scale small``
+(default) runs tiny versions on the CPU in seconds; ``--scale full --device cuda`` is the real
+measurement (ViT-B/16 bf16, batch 256, 10,000 images, an NSD subject's worth; 1.1B decoder,
+20,000 words, 512 words of context). Prints one JSON line last.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import logging
 import os
 import tempfile
 import time
+from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +37,7 @@ SCALES = {
     "small": {
         "vit": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
                     intermediate_size=128, image_size=64, patch_size=16),
-        "n_images": 64, "image_batch": 16, "file_size": 80,
+        "n_images": 64, "image_batch": 16, "photo_size": (160, 120),
         "llm": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                     num_attention_heads=4, num_key_value_heads=2, vocab_size=2000),
         "n_words": 1500, "context_words": 64, "llm_batch": 4,
@@ -37,7 +45,7 @@ SCALES = {
     "full": {
         "vit": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                     intermediate_size=3072, image_size=224, patch_size=16),
-        "n_images": 4096, "image_batch": 256, "file_size": 256,
+        "n_images": 10000, "image_batch": 256, "photo_size": (500, 375),
         "llm": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
                     num_attention_heads=32, num_key_value_heads=4, vocab_size=32000),
         "n_words": 20000, "context_words": 512, "llm_batch": 8,
@@ -50,14 +58,52 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def synthetic_photo(seed: int, width: int = 500, height: int = 375):
+    """A photo-like RGB image: smooth colour field, texture, objects, blur, sensor noise."""
+    from PIL import Image, ImageDraw, ImageFilter
+
+    rng = np.random.default_rng(seed)
+    bicubic = Image.Resampling.BICUBIC
+    low = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize(
+        (width, height), bicubic
+    )
+    mid = Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).resize(
+        (width, height), bicubic
+    )
+    fine = Image.fromarray(rng.integers(0, 256, (height // 4, width // 4, 3), dtype=np.uint8))
+    img = Image.blend(Image.blend(low, mid, 0.35), fine.resize((width, height), bicubic), 0.4)
+    draw = ImageDraw.Draw(img)
+    for _ in range(12):
+        x, y, r = rng.integers(0, width), rng.integers(0, height), rng.integers(10, 90)
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
+        shape([x - r, y - 0.7 * r, x + r, y + 0.7 * r], fill=colour)
+    img = img.filter(ImageFilter.GaussianBlur(0.7))
+    noisy = np.asarray(img, dtype=np.float32) + rng.normal(0, 10, (height, width, 3))
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+
+
+def _write_photo(args):
+    seed, path, size = args
+    synthetic_photo(seed, *size).save(path, quality=90)
+    return os.path.getsize(path)
+
+
 def bench_vit(cfg, root: Path, device: str, dtype: str) -> dict:
     import pandas as pd
-    from PIL import Image
     from transformers import ViTConfig, ViTImageProcessor, ViTModel
 
     from alignment.features import prepare
     from alignment.features.huggingface import resolve_device, resolve_dtype
     from alignment.features.store import write_store
+    from alignment.features.vision import n_loader_workers
 
     v = cfg["vit"]
     path = root / "vit"
@@ -65,41 +111,39 @@ def bench_vit(cfg, root: Path, device: str, dtype: str) -> dict:
     ViTModel(ViTConfig(**v), add_pooling_layer=False).save_pretrained(path)
     size = v["image_size"]
     ViTImageProcessor(size={"height": size, "width": size}).save_pretrained(path)
-    rng = np.random.default_rng(0)
     folder = root / "images"
     folder.mkdir()
-    rows = []
-    s = cfg["file_size"]
-    base = rng.integers(0, 256, (s, s, 3), dtype=np.uint8)
-    for i in range(cfg["n_images"]):
-        img = np.roll(base, i, axis=(0, 1))  # distinct files, cheap to make
-        f = folder / f"im{i:05d}.jpg"
-        Image.fromarray(img).save(f, quality=90)
-        rows.append({"stimulus_id": f"im{i:05d}", "path": str(f)})
-    table = pd.DataFrame(rows)
+    files = [folder / f"im{i:05d}.jpg" for i in range(cfg["n_images"])]
+    with Pool(_cpus()) as pool:
+        sizes = pool.map(
+            _write_photo, [(i, f, cfg["photo_size"]) for i, f in enumerate(files)], chunksize=64
+        )
+    table = pd.DataFrame({"stimulus_id": [f.stem for f in files], "path": [str(f) for f in files]})
     batch = cfg["image_batch"]
     spec = {"source": str(path), "modality": "image", "pooling": "mean", "layers": "all",
-            "batch_size": batch, "device": device, "dtype": dtype,
-            "n_workers": os.cpu_count() or 4}  # fmt: skip
+            "batch_size": batch, "device": device, "dtype": dtype}  # fmt: skip
 
-    # end to end: files on disk -> zarr store (model load excluded, timed separately)
     t0 = time.perf_counter()
     job = prepare(spec, table, name="vit")
     load_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    write_store(job, root / "vit.zarr")
-    e2e_s = time.perf_counter() - t0
-
-    # bare forward at the same batch size, on ready tensors already on the device
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     model = job.loaded.model
     pixels = torch.randn(batch, 3, size, size, device=dev, dtype=dt)
     with torch.inference_mode():
-        for _ in range(2):
+        for _ in range(2):  # warm-up (kernel selection), before both timings
             model(pixel_values=pixels)
         _sync(dev)
+
+    # end to end: JPEG files on disk -> zarr store (model load excluded, timed separately)
+    t0 = time.perf_counter()
+    write_store(job, root / "vit.zarr")
+    e2e_s = time.perf_counter() - t0
+
+    # bare forward at the same batch size, on ready tensors already on the device
+    with torch.inference_mode():
         n_iter = max(3, cfg["n_images"] // batch)
+        _sync(dev)
         t0 = time.perf_counter()
         for _ in range(n_iter):
             model(pixel_values=pixels)
@@ -111,6 +155,11 @@ def bench_vit(cfg, root: Path, device: str, dtype: str) -> dict:
         "vit_images_per_s_end_to_end": round(e2e, 1),
         "vit_images_per_s_bare_forward": round(bare, 1),
         "vit_fraction_of_bare": round(e2e / bare, 3),
+        "vit_images": cfg["n_images"],
+        "vit_image_files": f"JPEG q90 {cfg['photo_size'][0]}x{cfg['photo_size'][1]} synthetic "
+        f"photos, mean {np.mean(sizes) / 1e3:.0f} KB",
+        "vit_decode_workers": job.info.get("decode_workers"),
+        "vit_decode_workers_wanted": n_loader_workers(None),
         "vit_model_load_s": round(load_s, 2),
         "vit_batch": batch,
         "vit_layers": v["num_hidden_layers"] + 1,
@@ -124,7 +173,7 @@ def bench_llm(cfg, root: Path, device: str, dtype: str) -> dict:
     from alignment.features import prepare
     from alignment.features.huggingface import resolve_device, resolve_dtype
     from alignment.features.store import write_store
-    from alignment.features.text import plan_windows
+    from alignment.features.text import _bos, plan_windows, tokenize_run_words
     from alignment.features.tiny import train_tokenizer
     from alignment.stimuli.narrative import generate_story
 
@@ -152,24 +201,38 @@ def bench_llm(cfg, root: Path, device: str, dtype: str) -> dict:
     spec = {"source": str(path), "modality": "text", "context_words": context, "layers": "all",
             "batch_size": batch, "device": device, "dtype": dtype}  # fmt: skip
     job = prepare(spec, table, name="llm")
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    model = job.loaded.model
+
+    # the exact windows the extraction runs: token counts per window, BOS included
+    _, last = tokenize_run_words(tok, words)
+    first = np.r_[0, last[:-1] + 1]
+    windows = plan_windows(["story"] * len(words), context, context // 2)
+    n_bos = len(_bos(tok))
+    lengths = [int(last[w.stop - 1] - first[w.start] + 1 + n_bos) for w in windows]
+    n_tokens = sum(lengths)
+    width = int(np.median(lengths))
+    x = torch.randint(0, len(tok), (batch, width), device=dev)
+    with torch.inference_mode():
+        model(input_ids=x, use_cache=False)  # warm-up, before both timings
+        _sync(dev)
+
+    # the extraction without the store: forward, gather, copy to host
+    t0 = time.perf_counter()
+    n_bytes = 0
+    for _, _, arrays in job.batches(0, batch):
+        n_bytes += sum(a.nbytes for a in arrays.values())
+    extract_s = time.perf_counter() - t0
+
+    # end to end: words -> zarr store
     t0 = time.perf_counter()
     write_store(job, root / "llm.zarr")
     e2e_s = time.perf_counter() - t0
 
-    # tokens the extraction pushed through the model: every window, BOS included
-    ids = tok(" ".join(words), add_special_tokens=False)["input_ids"]
-    tokens_per_word = len(ids) / len(words)
-    windows = plan_windows(["story"] * len(words), context, context // 2)
-    n_tokens = sum(int((w.stop - w.start) * tokens_per_word) + 1 for w in windows)
-    width = int(context * tokens_per_word) + 1
-    dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
-    model = job.loaded.model
-    x = torch.randint(0, len(tok), (batch, width), device=dev)
     with torch.inference_mode():
-        model(input_ids=x, use_cache=False)
-        _sync(dev)
         n_iter = max(2, len(windows) // batch)
+        _sync(dev)
         t0 = time.perf_counter()
         for _ in range(n_iter):
             model(input_ids=x, use_cache=False)
@@ -181,10 +244,15 @@ def bench_llm(cfg, root: Path, device: str, dtype: str) -> dict:
         "llm_words": len(words),
         "llm_context_words": context,
         "llm_forwards": len(windows),
+        "llm_tokens": n_tokens,
         "llm_words_per_s_end_to_end": round(len(words) / e2e_s, 1),
         "llm_tokens_per_s_end_to_end": round(e2e_tokens_per_s, 1),
         "llm_tokens_per_s_bare_forward": round(bare_tokens_per_s, 1),
         "llm_fraction_of_bare": round(e2e_tokens_per_s / bare_tokens_per_s, 3),
+        "llm_words_per_s_without_store": round(len(words) / extract_s, 1),
+        "llm_fraction_of_bare_without_store": round(n_tokens / extract_s / bare_tokens_per_s, 3),
+        "llm_store_gb": round(n_bytes / 1e9, 2),
+        "llm_store_gb_per_s": round(n_bytes / 1e9 / e2e_s, 2),
         "llm_dtype": str(dt).replace("torch.", ""),
     }
 
@@ -195,13 +263,21 @@ def main(argv=None) -> dict:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto", help="auto: bfloat16 on GPU, float32 on CPU")
     parser.add_argument("--only", choices=["vit", "llm"])
+    parser.add_argument("--tmp", default=None, help="folder for the images and stores")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     cfg = SCALES[args.scale]
-    result = {"scale": args.scale, "device": args.device, "torch": torch.__version__}
+    result = {"scale": args.scale, "device": args.device, "torch": torch.__version__,
+              "cpus": _cpus()}  # fmt: skip
     if torch.cuda.is_available():
         result["gpu"] = torch.cuda.get_device_name(0)
-    with tempfile.TemporaryDirectory() as tmp:
+    try:  # decoding workers hand images over in shared memory
+        import shutil
+
+        result["shm_free_gb"] = round(shutil.disk_usage("/dev/shm").free / 1e9, 1)
+    except OSError:
+        pass
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         root = Path(tmp)
         if args.only in (None, "vit"):
             (root / "v").mkdir()

@@ -32,12 +32,15 @@ def test_unsupported_architecture_lists_the_supported_ones(tmp_path):
         extract_features({"source": str(tmp_path / "t5"), "modality": "text"}, table, name="t5")
 
 
-def test_unreadable_image_is_named(tiny_vit, tmp_path):
+@pytest.mark.parametrize("n_workers", [1, 2])  # in this process; in forked decoding workers
+def test_unreadable_image_is_named(tiny_vit, tmp_path, n_workers):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not an image")
     table = pd.DataFrame({"stimulus_id": ["x"], "path": [str(bad)]})
-    with pytest.raises(InputError, match=r"broken.png: cannot be read as an image"):
-        extract_features({"source": str(tiny_vit), "modality": "image"}, table)
+    spec = {"source": str(tiny_vit), "modality": "image", "n_workers": n_workers}
+    with pytest.raises(InputError, match=r"^\S*broken.png: cannot be read as an image") as err:
+        extract_features(spec, table)
+    assert "\n" not in str(err.value)  # one line, not a worker's traceback
 
 
 def test_sentence_table_reader(tmp_path):

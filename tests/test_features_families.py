@@ -305,11 +305,21 @@ def test_cache_key_tracks_every_field_but_batch_size():
     resolved = {"revision": "abc", "dtype": "float32", "preprocessing": "{size: 224}"}
     key = cache_key(base, resolved)
     assert key == cache_key({**base, "batch_size": 7, "device": "cpu"}, resolved)
+    # descriptive entries (for the reports) change no number, so not the key either
+    labels = {"family": "llama", "params": 1.1e9, "instruction_tuned": True, "trained": False}
+    assert key == cache_key({**base, **labels}, resolved)
+    assert cache_key({**base, "family": "qwen"}, resolved) == key
     changes = {"source": "n", "revision": "v2", "pooling": "cls", "prompt": "Describe.",
                "context_words": 9, "window_stride_words": 2, "layers": [0, 1], "untrained": True,
                "seed": 3, "image_size": 96, "dtype": "bfloat16", "float16": True,
-               "stream": "vision"}  # fmt: skip
+               "stream": "vision", "jpeg_draft": True, "kind": "random", "modality": "text",
+               "n_units": 5, "n_layers": 2}  # fmt: skip
     for field, value in changes.items():
         assert cache_key({**base, field: value}, resolved) != key, field
     for field, value in {"revision": "def", "dtype": "bfloat16", "preprocessing": "{}"}.items():
         assert cache_key(base, {**resolved, field: value}) != key, field
+    # the workflow passes the spec without its descriptive entries to the features rule
+    from alignment.config import model_extraction_spec
+
+    spec = {**base, "prompt": "<image> Hi", "batch_size": 4, **labels}
+    assert model_extraction_spec(spec) == {**base, "prompt": "<image> Hi", "batch_size": 4}

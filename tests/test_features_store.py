@@ -136,3 +136,50 @@ def test_kill_9_mid_extraction_then_rerun(tiny_vit, tmp_path):
     assert not partial_path(out).exists()
     layers, _ = extract_features(spec, table)
     _assert_same(out, layers)
+
+
+def test_raw_chunk_writes_equal_zarr_writes(tmp_path):
+    """Whole chunks written as files read back as zarr wrote them, the last one padded."""
+    import zarr
+
+    from alignment.features.store import _raw_chunks, write_chunks
+
+    data = np.random.default_rng(0).standard_normal((10, 3, 4)).astype(np.float16)
+    arrays = []
+    for name in ("zarr", "raw"):
+        g = zarr.open_group(str(tmp_path / name), mode="w")
+        arrays.append(g.create_array("f", shape=data.shape, chunks=(4, 3, 4), dtype="f2",
+                                     fill_value=np.nan, compressors=None))  # fmt: skip
+    arrays[0][:] = data
+    assert _raw_chunks(arrays[1])
+    write_chunks(tmp_path / "raw" / "f", 0, data[:8], 4, 10)
+    write_chunks(tmp_path / "raw" / "f", 8, data[8:], 4, 10)  # the partial last chunk
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "raw" / "f"))[:], data)
+    for k in range(3):
+        a, b = (tmp_path / n / "f" / "c" / str(k) / "0" / "0" for n in ("zarr", "raw"))
+        assert a.read_bytes() == b.read_bytes()
+    with pytest.raises(RuntimeError, match="last"):
+        write_chunks(tmp_path / "raw" / "f", 0, data[:6], 4, 10)
+
+
+def test_narrative_store_equals_in_memory_with_context_counts(tmp_path):
+    """Decoder windows yield uneven row counts per batch; chunks fill across batches, and the
+    per-word context counts (known only after extraction) reach every layer."""
+    import pandas as pd
+
+    from alignment.features.tiny import build_tiny_decoder
+    from alignment.stimuli.narrative import generate_story, time_words
+
+    story = generate_story(60, random_state=0)
+    path = build_tiny_decoder(tmp_path / "m", story, n_layers=3, hidden_size=32)
+    a = time_words(story[:2], run="a", random_state=0)
+    words = pd.concat([a, time_words(story[2:4], run="b", random_state=1)], ignore_index=True)
+    spec = {"source": str(path), "modality": "text", "context_words": 12, "batch_size": 3}
+    extract_to_store(spec, words, tmp_path / "f.zarr", name="m")
+    back = read_zarr_layers(tmp_path / "f.zarr")
+    layers, _ = extract_features(spec, words)
+    assert list(back) == list(layers) == [f"layer_0{k}" for k in range(4)]
+    for name, arr in layers.items():
+        np.testing.assert_allclose(back[name].values, arr.values, atol=1e-6)
+        np.testing.assert_array_equal(back[name]["n_context_words"], arr["n_context_words"])
+        assert list(back[name]["text"].values) == list(words["word"])

@@ -108,16 +108,45 @@ def test_tokens_drop_register_tokens(dinov2_registers, image_table):
     np.testing.assert_allclose(layers["layer_01"].values, h[:, 3:], atol=1e-5)
 
 
-def test_device_side_preprocessing_equals_the_processor(tiny_vit, dinov2_registers, image_table):
+def test_device_side_preprocessing_equals_the_processor(tiny_vit, dinov2_registers, tmp_path):
+    """Decode in workers, resize/normalise on the device: within one grey level of the
+    Hugging Face processor, for photo-sized JPEGs of several sizes and a PNG."""
+    from PIL import Image
     from transformers import AutoImageProcessor
 
-    from alignment.features.vision import _normalise, _prepare, _prepare_uint8, fast_path
+    from alignment.features.vision import (
+        device_preprocess,
+        fast_path,
+        host_batches,
+        n_loader_workers,
+    )
 
-    proc = AutoImageProcessor.from_pretrained(tiny_vit)
-    fast = fast_path(proc)
-    assert fast is not None and fast["size"] == (32, 32)
-    paths = list(image_table["path"])
-    got = _normalise(fast, _prepare_uint8(fast, paths), torch.device("cpu"), torch.float32)
-    np.testing.assert_allclose(got.numpy(), _prepare(proc, paths).numpy(), atol=1e-5)
+    rng = np.random.default_rng(0)
+    paths = []
+    for k, (w, h) in enumerate([(500, 375), (375, 500), (500, 375), (64, 48), (200, 200)]):
+        low = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+        img = Image.fromarray(low).resize((w, h), Image.Resampling.BICUBIC)
+        noisy = np.clip(np.asarray(img) + rng.normal(0, 8, (h, w, 3)), 0, 255).astype(np.uint8)
+        paths.append(tmp_path / f"im{k}.{'png' if k == 4 else 'jpg'}")
+        Image.fromarray(noisy).save(paths[-1])
+    paths = [str(p) for p in paths]
+    for size, resample in ((32, 2), (48, 3)):  # ViT (bilinear), SigLIP-like (bicubic)
+        proc = AutoImageProcessor.from_pretrained(tiny_vit)
+        proc.size, proc.resample = {"height": size, "width": size}, resample
+        fast = fast_path(proc)
+        assert fast is not None and fast["size"] == (size, size)
+        want = proc(images=[Image.open(p).convert("RGB") for p in paths], return_tensors="pt")
+        for workers in (0, 2):  # in this process, and two forked decoding processes
+            got = torch.cat([
+                device_preprocess(fast, group, torch.device("cpu"), torch.float32)
+                for _, _, group in host_batches(
+                    paths, proc=proc, fast=fast, draft=False, batch_size=2, start=0,
+                    n_workers=workers, device=torch.device("cpu"),
+                )
+            ])  # fmt: skip
+            diff = (got - want["pixel_values"]).abs()
+            assert diff.max() <= 1 / 255 / 0.5 + 1e-5  # one grey level (std 0.5)
+            assert diff.mean() < 2e-3
+    assert n_loader_workers(1) == 0 and n_loader_workers(3) == 3
     # processors that crop (DINOv2's BitImageProcessor) keep the processor path
     assert fast_path(AutoImageProcessor.from_pretrained(dinov2_registers)) is None

@@ -14,6 +14,8 @@ A model is described by a spec (one entry of ``models:`` in config.yaml)::
     untrained: false, seed: 0                       (random-weight control of the architecture)
     device: auto, dtype: auto                       (auto: CUDA + bfloat16, or CPU + float32)
     image_size                                      (override the processor's size)
+    jpeg_draft: false                               (decode large JPEGs at a reduced scale)
+    n_workers                                       (image decoding processes; default cores-1)
     prompt, stream: language | vision               (multimodal LLMs)
     n_units / n_layers / seed                       (random)
 
@@ -28,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -268,7 +269,6 @@ def prepare(spec: dict, stimuli: pd.DataFrame, *, name: str = "model") -> Job:
     resolved = {"revision": loaded.revision, "dtype": str(loaded.dtype).replace("torch.", "")}
     family = loaded.family
     pooling = spec["pooling"]
-    n_workers = int(spec.get("n_workers") or min(8, os.cpu_count() or 1))
 
     if kind == "images" and family == "vision":
         from alignment.features import vision
@@ -276,7 +276,7 @@ def prepare(spec: dict, stimuli: pd.DataFrame, *, name: str = "model") -> Job:
         loaded.processor = vision.load_processor(
             spec["source"], spec["revision"], spec["image_size"]
         )
-        resolved["preprocessing"] = vision.preprocessing(loaded.processor)
+        resolved["preprocessing"] = vision.preprocessing(loaded.processor, spec["jpeg_draft"])
         pooling = pooling or "mean"
         indices = resolve_layers(spec["layers"], loaded.n_hidden_states, model=name)
         paths = stimuli["path"].tolist()
@@ -284,7 +284,8 @@ def prepare(spec: dict, stimuli: pd.DataFrame, *, name: str = "model") -> Job:
         def batches(start, batch_size):
             return vision.image_batches(
                 loaded, paths, pooling=pooling, indices=indices, batch_size=batch_size,
-                start=start, n_workers=n_workers, info=info,
+                start=start, n_workers=spec.get("n_workers"), jpeg_draft=spec["jpeg_draft"],
+                info=info,
             )  # fmt: skip
 
     elif kind == "images" and family == "mllm":
@@ -414,7 +415,7 @@ def _lowlevel_job(name, spec, kind, stimuli, ids, row_dim, coords, base_attrs) -
             f"model {name!r}: lowlevel features exist for images (image modality) and "
             f"narratives (text modality), not {kind} with modality {spec['modality']!r}"
         )
-    n_bands = int(spec.get("n_bands", 4))
+    n_bands = 4 if spec.get("n_bands") is None else spec["n_bands"]
     resolved, extra = {}, {}
     if kind == "narrative":
         names = list(lowlevel.TEXT_LAYERS)

@@ -1,7 +1,10 @@
 """Model specs: defaults, layer selection (indices or relative depths) and the cache key.
 
 A spec is one entry of ``models:`` in config.yaml. Every entry that changes the numbers is part
-of the cache key; entries that only change the speed (``batch_size``, ``device``) are not.
+of the cache key, and only those: entries that change the speed (``batch_size``, ``device``,
+``n_workers``) or describe the model for the reports (``family``, ``params``,
+``instruction_tuned``, ``trained``, ``label``) are not, and neither is any entry the extractor
+does not read.
 """
 
 from __future__ import annotations
@@ -28,12 +31,17 @@ MODEL_DEFAULTS = {
     "device": "auto",
     "dtype": "auto",
     "image_size": None,
+    "jpeg_draft": False,  # images: decode large JPEGs at a reduced scale (approximate)
     "prompt": None,
     "stream": "language",  # multimodal: language model or vision tower layers
+    "n_bands": None,  # lowlevel images: spatial-frequency bands (lowlevel's own default)
+    "phones": None,  # lowlevel narratives: TextGrids with a phone tier
 }
 
-# entries that change speed or labels only, never the numbers
-SPEED_ONLY = ("batch_size", "device", "label", "n_workers")
+# entries that change speed only, never the numbers
+SPEED_ONLY = ("batch_size", "device", "n_workers")
+# the entries that change the numbers: the only ones in the cache key
+KEY_FIELDS = tuple(sorted((set(MODEL_DEFAULTS) | {"source", "modality"}) - set(SPEED_ONLY)))
 
 
 def model_spec(spec: dict) -> dict:
@@ -55,10 +63,11 @@ def cache_key(spec: dict, resolved: dict | None = None) -> str:
     Returns
     -------
     str
-        16 hex digits. ``batch_size`` and ``device`` do not enter it.
+        16 hex digits. Only :data:`KEY_FIELDS` enter it (not ``batch_size``, ``device`` or
+        descriptive entries such as ``family``).
     """
     spec = model_spec(spec)
-    relevant = {k: spec[k] for k in sorted(spec) if k not in SPEED_ONLY}
+    relevant = {k: spec[k] for k in sorted(spec) if k in KEY_FIELDS}
     if resolved:
         relevant["_resolved"] = {k: resolved[k] for k in sorted(resolved)}
     text = json.dumps(relevant, sort_keys=True, default=str)

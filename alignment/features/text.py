@@ -46,7 +46,7 @@ def encoder_word_batches(loaded, words, runs, *, context_words, indices, batch_s
     max_len = min(getattr(tokenizer, "model_max_length", 512) or 512, 512)
     state: dict = {}
     with LayerTap(
-        loaded, indices, lambda h: torch.einsum("bt,btu->bu", state["w"], h.float()).cpu()
+        loaded, indices, lambda h: torch.einsum("bt,btu->bu", state["w"], h.float())
     ) as tap:
         for b in range(start, len(words), batch_size):
             batch = []
@@ -125,30 +125,29 @@ def plan_windows(runs, context_words: int, stride: int) -> list[Window]:
 def tokenize_run_words(tokenizer, words) -> tuple[list[int], np.ndarray]:
     """Token ids of ``" ".join(words)`` and each word's last token index.
 
-    Tokens are assigned to words by character offsets; a whitespace-only token goes to the
-    next word. Raises InputError for a word that gets no token (an empty word).
+    One call of the fast tokenizer with character offsets; tokens are assigned to words by
+    their offsets (vectorised); a whitespace-only token goes to the next word. Raises InputError
+    for a word that gets no token (an empty word).
     """
-    text, starts, pos = [], [], 0
-    for w in words:
-        w = str(w)
-        if not w.strip():
-            raise InputError(f"empty word at position {len(starts)}")
-        starts.append(pos)
-        text.append(w)
-        pos += len(w) + 1
-    joined = " ".join(text)
+    words = [str(w) for w in words]
+    empty = [k for k, w in enumerate(words) if not w.strip()]
+    if empty:
+        raise InputError(f"empty word at position {empty[0]}")
+    lengths = np.fromiter((len(w) for w in words), dtype=np.int64, count=len(words))
+    starts = np.r_[0, np.cumsum(lengths + 1)[:-1]]
+    joined = " ".join(words)
     enc = tokenizer(joined, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(enc["input_ids"])
-    starts = np.asarray(starts)
+    offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+    a, b = offsets[:, 0], offsets[:, 1]
+    c = np.maximum(a, b - 1)  # the token's last character
+    chars = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
+    is_space = np.r_[chars == ord(" "), True]  # a position past the end goes on too
+    to_next = (b <= a) | is_space[np.minimum(c, len(joined))]
+    w = np.searchsorted(starts, c, side="right") - 1 + to_next
+    w = np.clip(w, 0, len(words) - 1)
     last = np.full(len(words), -1)
-    for t, (a, b) in enumerate(enc["offset_mapping"]):
-        c = max(a, b - 1)
-        if b <= a or c >= len(joined) or joined[c] == " ":
-            w = int(np.searchsorted(starts, c, side="right"))  # the next word
-        else:
-            w = int(np.searchsorted(starts, c, side="right")) - 1
-        w = min(max(w, 0), len(words) - 1)
-        last[w] = max(last[w], t)
+    np.maximum.at(last, w, np.arange(len(ids)))
     if (last < 0).any():
         raise InputError(f"word {words[int(np.argmax(last < 0))]!r} was given no token")
     if (np.diff(last) <= 0).any():
@@ -178,18 +177,19 @@ def decoder_word_batches(
 
     ``batch_size`` counts windows per forward. ``info['n_context_words']`` receives each
     word's context length (including the word) for the rows yielded.
+
+    Each run is tokenised once (fast tokenizer, character offsets); a window is a slice of its
+    token ids. The words read from a forward are gathered on the device by one index operation
+    per layer, and each layer leaves the device as one tensor per forward (see LayerTap).
     """
     tokenizer = _tokenizer(loaded)
     words = [str(w) for w in words]
     runs = [str(r) for r in runs]
     windows = plan_windows(runs, context_words, stride)
     # tokenise each run once: a word's tokens never depend on the window
-    run_ids, word_last, word_first, word_run_offset = (
-        {},
-        np.zeros(len(words), int),
-        np.zeros(len(words), int),
-        np.zeros(len(words), int),
-    )
+    run_ids: dict[str, np.ndarray] = {}
+    word_last = np.zeros(len(words), np.int64)
+    word_first = np.zeros(len(words), np.int64)
     i = 0
     while i < len(runs):
         j = i
@@ -199,12 +199,11 @@ def decoder_word_batches(
             ids, last = tokenize_run_words(tokenizer, words[i:j])
         except InputError as err:
             raise InputError(f"{loaded.source}: run {runs[i]!r}: {err}") from err
-        run_ids[runs[i]] = ids
+        run_ids[runs[i]] = np.asarray(ids, dtype=np.int64)
         word_last[i:j] = last
         word_first[i:j] = np.r_[0, last[:-1] + 1]
-        word_run_offset[i:j] = i
         i = j
-    bos = _bos(tokenizer)
+    bos = np.asarray(_bos(tokenizer), dtype=np.int64)
     limit = _max_positions(loaded)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     context = np.zeros(len(words), int)
@@ -214,42 +213,38 @@ def decoder_word_batches(
         info["n_context_words"] = context
     todo = [w for w in windows if w.stop > start]
     state: dict = {}
-    with LayerTap(loaded, indices, lambda h: h[state["bi"], state["ti"]].float().cpu()) as tap:
+    with LayerTap(loaded, indices, lambda h: h[state["bi"], state["ti"]].float()) as tap:
         for k in range(0, len(todo), batch_size):
             group = todo[k : k + batch_size]
             seqs, bi, ti = [], [], []
             for n, w in enumerate(group):
-                ids = run_ids[runs[w.start]]
                 t0 = word_first[w.start]
-                t1 = word_last[w.stop - 1] + 1
-                seq = bos + ids[t0:t1]
+                seq = np.concatenate([bos, run_ids[runs[w.start]][t0 : word_last[w.stop - 1] + 1]])
                 if limit and len(seq) > limit:
                     raise InputError(
                         f"{loaded.source}: a window of {context_words} words is {len(seq)} tokens, "
                         f"past the model's {limit}; lower context_words"
                     )
                 seqs.append(seq)
-                for r in range(max(w.read_from, start), w.stop):
-                    bi.append(n)
-                    ti.append(len(bos) + word_last[r] - t0)
-            width = max(len(s) for s in seqs)
-            input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(seqs), width), dtype=torch.long)
+                read = np.arange(max(w.read_from, start), w.stop)
+                bi.append(np.full(len(read), n))
+                ti.append(len(bos) + word_last[read] - t0)
+            lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+            width = int(lengths.max())
+            input_ids = np.full((len(seqs), width), pad, dtype=np.int64)
             for n, s in enumerate(seqs):
-                input_ids[n, : len(s)] = torch.tensor(s)
-                mask[n, : len(s)] = 1
-            state["bi"] = torch.tensor(bi, device=loaded.device)
-            state["ti"] = torch.tensor(ti, device=loaded.device)
+                input_ids[n, : len(s)] = s
+            inputs = {"input_ids": torch.from_numpy(input_ids).to(loaded.device)}
+            if (lengths < width).any():  # padding only where windows differ in length
+                mask = np.arange(width)[None, :] < lengths[:, None]
+                inputs["attention_mask"] = torch.from_numpy(mask.astype(np.int64)).to(loaded.device)
+            state["bi"] = torch.from_numpy(np.concatenate(bi)).to(loaded.device)
+            state["ti"] = torch.from_numpy(np.concatenate(ti)).to(loaded.device)
             row_start = max(group[0].read_from, start)
             row_stop = group[-1].stop
             with torch.inference_mode():
-                captured = tap.run(
-                    loaded.model,
-                    input_ids=input_ids.to(loaded.device),
-                    attention_mask=mask.to(loaded.device),
-                    use_cache=False,
-                )
-            assert row_stop - row_start == len(bi)
+                captured = tap.run(loaded.model, **inputs, use_cache=False)
+            assert row_stop - row_start == len(state["bi"])
             yield row_start, row_stop, {i: captured[i].numpy() for i in indices}
 
 
@@ -273,7 +268,7 @@ def sentence_batches(loaded, sentences, *, pooling, indices, batch_size, start=0
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     state: dict = {}
     with LayerTap(
-        loaded, indices, lambda h: torch.einsum("bt,btu->bu", state["w"], h.float()).cpu()
+        loaded, indices, lambda h: torch.einsum("bt,btu->bu", state["w"], h.float())
     ) as tap:
         for b in range(start, len(sentences), batch_size):
             batch = [str(s) for s in sentences[b : b + batch_size]]

@@ -166,3 +166,148 @@ def build_tiny_idefics3(
         path
     )
     return path
+
+
+def _save_image_only_processor(path: Path, processor_class: str, image_processor, tok, **settings):
+    """Save the parts of a processor whose class needs a video processor (torchvision) to load.
+
+    The image processor, the tokenizer and ``processor_config.json`` (class and settings); the
+    pipeline rebuilds the processor from them (:func:`alignment.features.multimodal.
+    image_only_processor`).
+    """
+    image_processor.save_pretrained(path)
+    tok.save_pretrained(path)
+    cfg = {"processor_class": processor_class, **settings}
+    (path / "processor_config.json").write_text(json.dumps(cfg, indent=2))
+
+
+QWEN_TOKENS = ("<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<|video_pad|>")
+
+
+def build_tiny_qwen2_vl(
+    path, texts, *, version="2", image_size=32, hidden_size=32, n_layers=2, seed=0
+) -> Path:
+    """Save a small random Qwen2-VL (``version="2"``) or Qwen2.5-VL (``"2.5"``) to ``path``.
+
+    Patch 8, merge 2: a 32 x 32 image is a 4 x 4 patch grid, 4 image tokens.
+    """
+    import transformers as tf
+
+    path = Path(path)
+    tok = train_tokenizer(texts, 400, extra_special=QWEN_TOKENS)
+    ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_TOKENS}
+    text = dict(
+        vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+        num_hidden_layers=n_layers, num_attention_heads=2, num_key_value_heads=1,
+        max_position_embeddings=2048,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                         "mrope_section": [2, 3, 3]},
+    )  # fmt: skip
+    vision = dict(depth=2, num_heads=2, patch_size=8, spatial_merge_size=2, temporal_patch_size=2)
+    if version == "2":
+        vision.update(embed_dim=hidden_size, hidden_size=hidden_size, mlp_ratio=2)
+        cfg_cls, model_cls, proc_cls = (
+            tf.Qwen2VLConfig, tf.Qwen2VLForConditionalGeneration, "Qwen2VLProcessor"
+        )  # fmt: skip
+    else:
+        vision.update(
+            hidden_size=hidden_size,
+            intermediate_size=2 * hidden_size,
+            out_hidden_size=hidden_size,
+            fullatt_block_indexes=[1],
+            window_size=16,
+        )
+        cfg_cls, model_cls, proc_cls = (
+            tf.Qwen2_5_VLConfig, tf.Qwen2_5_VLForConditionalGeneration, "Qwen2_5_VLProcessor"
+        )  # fmt: skip
+    config = cfg_cls(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    torch.manual_seed(seed)
+    model_cls(config).save_pretrained(path)
+    ip = tf.Qwen2VLImageProcessorPil(
+        patch_size=8, merge_size=2, temporal_patch_size=2,
+        min_pixels=image_size * image_size, max_pixels=image_size * image_size,
+    )  # fmt: skip
+    _save_image_only_processor(path, proc_cls, ip, tok)
+    _mark_untrained(path)
+    return path
+
+
+def build_tiny_llava_onevision(
+    path, texts, *, image_size=32, patch_size=8, hidden_size=32, n_layers=2, seed=0
+) -> Path:
+    """Save a small random LLaVA-OneVision (SigLIP tower + Qwen2) with its processor's parts.
+
+    One grid pinpoint equal to the image size: the base image and one tile, unpadded.
+    """
+    import transformers as tf
+
+    path = Path(path)
+    tok = train_tokenizer(texts, 400, extra_special=(IMAGE_TOKEN, "<video>"))
+    vision = tf.SiglipVisionConfig(
+        hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,
+        num_attention_heads=2, image_size=image_size, patch_size=patch_size,
+    )  # fmt: skip
+    text = tf.Qwen2Config(**_text_config(len(tok), hidden_size, n_layers, 0.02))
+    config = tf.LlavaOnevisionConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN),
+        video_token_id=tok.convert_tokens_to_ids("<video>"),
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+        image_grid_pinpoints=[[image_size, image_size]],
+        vision_aspect_ratio="anyres_max_1",
+    )
+    torch.manual_seed(seed)
+    tf.LlavaOnevisionForConditionalGeneration(config).save_pretrained(path)
+    ip = tf.LlavaOnevisionImageProcessorPil(
+        size={"height": image_size, "width": image_size},
+        image_grid_pinpoints=[[image_size, image_size]],
+    )
+    _save_image_only_processor(
+        path, "LlavaOnevisionProcessor", ip, tok,
+        num_image_tokens=(image_size // patch_size) ** 2,
+        vision_feature_select_strategy="full", vision_aspect_ratio="anyres_max_1",
+    )  # fmt: skip
+    _mark_untrained(path)
+    return path
+
+
+def build_tiny_smolvlm(
+    path, texts, *, image_size=32, patch_size=8, hidden_size=32, n_layers=2, seed=0
+) -> Path:
+    """Save a small random SmolVLM (SigLIP-style tower + Llama) with its processor's parts."""
+    import transformers as tf
+
+    path = Path(path)
+    specials = (IMAGE_TOKEN, "<fake_token_around_image>", "<global-img>", "<end_of_utterance>")
+    tok = train_tokenizer(texts, 400, extra_special=specials)
+    vision = dict(
+        hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,
+        num_attention_heads=2, image_size=image_size, patch_size=patch_size,
+    )  # fmt: skip
+    text = {"model_type": "llama", **_text_config(len(tok), hidden_size, n_layers, 0.02)}
+    config = tf.SmolVLMConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN),
+        scale_factor=2,
+    )
+    torch.manual_seed(seed)
+    tf.SmolVLMForConditionalGeneration(config).save_pretrained(path)
+    ip = tf.SmolVLMImageProcessorPil(
+        size={"longest_edge": image_size},
+        max_image_size={"longest_edge": image_size},
+        do_image_splitting=False,
+    )
+    n_tokens = (image_size // patch_size) ** 2 // 4
+    _save_image_only_processor(path, "SmolVLMProcessor", ip, tok, image_seq_len=n_tokens)
+    _mark_untrained(path)
+    return path

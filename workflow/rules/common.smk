@@ -2,7 +2,7 @@
 import json
 import shlex
 
-from alignment.config import check_config, config_hash
+from alignment.config import check_config, config_hash, model_extraction_spec
 from alignment.data.prepare import resolve_datasets, source_files
 from alignment.encoders import accepts
 from alignment.failures import SCORES_PATTERN
@@ -281,7 +281,7 @@ def encode_hash(wildcards):
     """Hash of every config entry an encode job's numbers depend on (provenance in Scores)."""
     return config_hash(
         {
-            "model": config["models"][wildcards.model],
+            "model": model_extraction_spec(config["models"][wildcards.model]),
             "encoder": config["encoders"][wildcards.encoder],
             "cv": cv_spec(wildcards.dataset),
             "stats": stats_spec(wildcards.dataset),

@@ -17,8 +17,9 @@ rule features:
         mem_mb=4000,
         runtime=60,
     params:
-        # every spec entry that changes the numbers is a param, so a change reruns the rule
-        spec=lambda wildcards: as_arg(config["models"][wildcards.model]),
+        # the spec without its descriptive entries (family, params, ...): a change to an entry
+        # the extraction reads reruns the rule, editing a label for the reports does not
+        spec=lambda wildcards: as_arg(model_extraction_spec(config["models"][wildcards.model])),
     shell:
         "alignment features --model {wildcards.model} --spec {params.spec}"
         " --stimuli {input.stimuli:q} --out {output} > {log} 2>&1"
