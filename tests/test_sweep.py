@@ -44,6 +44,7 @@ def _r(a, b):
     ("n", "p", "folds"),
     [
         (240, 30, "grouped"),
+        (400, 80, "grouped"),  # 80 components: the triangular validation factor in row blocks
         (240, 30, "blocked"),  # inner training sets with a gap: not complements of validation
         (90, 200, "grouped"),  # more features than samples: the dual form
     ],
@@ -67,20 +68,28 @@ def test_sweep_matches_himalaya_ridgecv(n, p, folds):
     np.testing.assert_allclose(_r(ours, Y[n:]), _r(theirs, Y[n:]), atol=1e-4)
 
 
-@pytest.mark.parametrize("solver", ["primal", "dual"])
-def test_sweep_matches_sklearn_ridge_per_voxel_alpha(solver):
-    X, Y = _data(150, 40)
-    cv = grouped_folds(np.arange(150), 3)
-    fit = ridge_sweep([X[:150]], Y[:150], ALPHAS, cv, solver=solver)[0]
+@pytest.mark.parametrize(("n", "p", "folds"), [(300, 80, "grouped"), (60, 120, "blocked")])
+def test_sweep_in_float64_matches_sklearn_ridge_on_the_same_alphas_and_folds(n, p, folds):
+    # every inner-CV score, every chosen alpha and the refit, against scikit-learn's Ridge
+    # fitted fold by fold and alpha by alpha: 1e-6 in float64 (primal and dual forms)
+    import torch
+
+    X, Y = _data(n, p)
+    X, Y = X.astype(np.float64), Y.astype(np.float64)
+    cv = grouped_folds(np.arange(n), 4) if folds == "grouped" else blocked_folds(n, 4, gap=2)
+    fit = ridge_sweep([X[:n]], Y[:n], ALPHAS, cv, dtype=torch.float64)[0]
+    assert fit.solver == ("primal" if p <= n else "dual")
     Xs = (X - fit.mean) / fit.scale
-    ref = np.stack(
-        [
-            Ridge(alpha=a).fit(Xs[:150], Y[:150, j]).predict(Xs[150:])
-            for j, a in enumerate(fit.best_alphas)
-        ],
-        1,
-    )
-    np.testing.assert_allclose(fit.predict(X[150:]), ref, atol=1e-4 * np.abs(ref).max())
+    scores = np.zeros((len(ALPHAS), Y.shape[1]))
+    for train, val in cv:
+        for i, alpha in enumerate(ALPHAS):
+            pred = Ridge(alpha=alpha).fit(Xs[train], Y[train]).predict(Xs[val])
+            scores[i] -= ((Y[val] - pred) ** 2).mean(0) / len(cv)
+    np.testing.assert_allclose(fit.cv_scores, scores, rtol=1e-6)
+    best = ALPHAS[(scores + 1e-10 * np.log(ALPHAS)[:, None]).argmax(0)]
+    np.testing.assert_array_equal(fit.best_alphas, best)
+    ref = Ridge(alpha=best).fit(Xs[:n], Y[:n]).predict(Xs[n:])
+    np.testing.assert_allclose(fit.predict(X[n:]), ref, rtol=0, atol=1e-6 * np.abs(ref).max())
 
 
 def test_layers_batched_and_voxel_batches_give_the_same_fit():

@@ -81,11 +81,11 @@ class SweepFit:
     solver: str  # "primal" or "dual"
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        """Predicted responses (samples, voxels) as float32 numpy."""
+        """Predicted responses (samples, voxels), numpy in the sweep's ``dtype``."""
         import torch
 
         dev = self.coef.device
-        X = torch.as_tensor(np.asarray(X, np.float32), device=dev)
+        X = torch.as_tensor(np.asarray(X), device=dev).to(self.coef.dtype)
         mean = torch.as_tensor(self.mean, device=dev)
         scale = torch.as_tensor(self.scale, device=dev)
         return torch.addmm(self.intercept, (X - mean) / scale, self.coef).cpu().numpy()
@@ -130,13 +130,12 @@ class _Fold:
     qmv: torch.Tensor | None = None  # (L, r, 2) [Q^T xbar, Q^T sum Xv]
 
 
-def _factor_blocks(F, d, triangular: bool):
+def _factor_blocks(F, d, triangular: bool, dtype):
     """Per-alpha products ``F diag(d_a)`` stacked over alphas, in row blocks.
 
     ``F`` (L, k, r) float64, ``d`` (L, A, r). A triangular ``F`` is cut into row blocks that skip
     the zero columns left of the diagonal. Returns [(FD (L, A * rows, r - col), col, rows)].
     """
-    import torch
 
     L, k, r = F.shape
     A = d.shape[1]
@@ -148,7 +147,7 @@ def _factor_blocks(F, d, triangular: bool):
         col = lo if triangular else 0
         Fi = F[:, lo:hi, col:]  # (L, rows, r - col)
         FD = Fi[:, None] * d[:, :, None, col:]  # (L, A, rows, r - col)
-        out.append((FD.reshape(L, A * (hi - lo), r - col).to(torch.float32), col, hi - lo))
+        out.append((FD.reshape(L, A * (hi - lo), r - col).to(dtype), col, hi - lo))
     return out
 
 
@@ -187,7 +186,7 @@ def _primal_folds(X, inner_cv, alphas, decomp_dtype, decomp_device):
             _Fold(
                 lam=None,
                 Q=None,
-                x_mean=m_t.to(torch.float32),
+                x_mean=m_t.to(X.dtype),
                 n_t=n_t,
                 v_idx=v_idx,
                 e_idx=e_idx if len(extra) else None,
@@ -208,7 +207,7 @@ def _primal_folds(X, inner_cv, alphas, decomp_dtype, decomp_device):
         sl = slice(k * L, (k + 1) * L)
         _set_basis(fold, lam[sl], U[sl], keep[sl])
         _set_factor(fold, U[sl], keep[sl], G_vc, alphas, decomp_dtype)
-    full = _Fold(lam=None, Q=None, x_mean=m_full.to(torch.float32), n_t=n)
+    full = _Fold(lam=None, Q=None, x_mean=m_full.to(X.dtype), n_t=n)
     sl = slice(K * L, (K + 1) * L)
     _set_basis(full, lam[sl], U[sl], keep[sl])
     return folds, full
@@ -217,7 +216,7 @@ def _primal_folds(X, inner_cv, alphas, decomp_dtype, decomp_device):
 def _set_basis(fold: _Fold, lam, Q64, keep):
     import torch
 
-    fold.Q = torch.where(keep[:, None, :], Q64, 0.0).to(torch.float32)
+    fold.Q = torch.where(keep[:, None, :], Q64, 0.0).to(fold.x_mean.dtype)
     fold.lam = torch.where(keep, lam, torch.full_like(lam, float("inf")))
     Qt = fold.Q.transpose(1, 2)
     fold.qm = Qt @ fold.x_mean[:, :, None]
@@ -237,18 +236,18 @@ def _set_factor(fold: _Fold, Q64, keep, G_vc, alphas, decomp_dtype):
     if dense_rows * r <= tri_cost:
         # fewer validation rows than (triangle-weighted) components: F = the projected rows
         Xv = (fold.Xv.to(decomp_dtype) - fold.x_mean.to(decomp_dtype)[:, None]) @ Q64
-        fold.blocks = _factor_blocks(Xv, d, triangular=False)
+        fold.blocks = _factor_blocks(Xv, d, False, fold.x_mean.dtype)
         return
     M = Q64.transpose(1, 2) @ G_vc @ Q64
     # dropped components have d = 0: a unit diagonal there keeps M positive definite
     M = M + torch.diag_embed((~keep).to(M.dtype))
     R, info = torch.linalg.cholesky_ex(M)
     if bool((info == 0).all()):
-        fold.blocks = _factor_blocks(R.transpose(1, 2), d, triangular=True)
+        fold.blocks = _factor_blocks(R.transpose(1, 2), d, True, fold.x_mean.dtype)
         return
     mu, P = torch.linalg.eigh(M)  # singular validation Gram (e.g. collinear rows)
     F = mu.clamp_min(0).sqrt()[:, :, None] * P.transpose(1, 2)
-    fold.blocks = _factor_blocks(F, d, triangular=False)
+    fold.blocks = _factor_blocks(F, d, False, fold.x_mean.dtype)
 
 
 def _dual_folds(X, inner_cv, alphas, decomp_dtype, decomp_device):
@@ -292,7 +291,7 @@ def _dual_folds(X, inner_cv, alphas, decomp_dtype, decomp_device):
         Q64 = torch.where(keep[:, None, :], Q64, 0.0)
         d = 1.0 / (fold.lam[:, None, :] + alphas[None, :, None])
         Zv = (fold.Xv.to(decomp_dtype) - x_mean.to(decomp_dtype)[:, None]) @ Q64
-        fold.blocks = _factor_blocks(Zv, d, triangular=False)
+        fold.blocks = _factor_blocks(Zv, d, False, fold.x_mean.dtype)
         folds.append(fold)
     lam, Q64, keep, x_mean = basis(_as_index(np.arange(n), dev))
     full = _Fold(lam=None, Q=None, x_mean=x_mean, n_t=n)
@@ -348,7 +347,7 @@ def _scores(X, Y, folds, rest, alphas, log_alphas):
         right = torch.stack([yv_sum - fold.n_v * y_mean, y_mean]).expand(L, 2, vb)
         E = (Qt @ XvYv_k).baddbmm_(fold.qmv, right, alpha=-1.0)
         d = 1.0 / (fold.lam[:, None, :] + alphas[None, :, None])  # (L, A, r)
-        cross = torch.bmm(d.to(torch.float32), E.mul_(B))  # (L, A, vb): sum_r d B E
+        cross = torch.bmm(d.to(B.dtype), E.mul_(B))  # (L, A, vb): sum_r d B E
         del E
         quad = None
         for FD, col, rows in fold.blocks:
@@ -422,6 +421,7 @@ def ridge_sweep(
     *,
     device="auto",
     solver: str = "auto",
+    dtype=None,
     decomp_dtype=None,
     decomp_device=None,
     n_targets_batch: int | None = None,
@@ -443,6 +443,9 @@ def ridge_sweep(
         ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:1`` or a himalaya backend name.
     solver : {"auto", "primal", "dual"}
         ``auto``: primal (features x features Gram) when features <= samples, else dual.
+    dtype : torch dtype, optional
+        Precision of the products over samples and voxels (default float32; float64 for
+        reference results).
     decomp_dtype : torch dtype, optional
         Precision of the Grams, eigendecompositions and selection sums (default float64).
     decomp_device : str, optional
@@ -462,6 +465,7 @@ def ridge_sweep(
     from alignment.encoders.memory import voxel_batch
 
     decomp_dtype = decomp_dtype or torch.float64
+    dtype = dtype or torch.float32
     dev = resolve_device(device)
     decomp_dev = resolve_device(decomp_device) if decomp_device else dev
 
@@ -475,7 +479,8 @@ def ridge_sweep(
         return now
 
     clock = time.perf_counter()
-    Y = np.asarray(Y, dtype=np.float32)
+    np_dtype = np.float64 if dtype == torch.float64 else np.float32
+    Y = np.asarray(Y, dtype=np_dtype)
     if Y.ndim == 1:
         Y = Y[:, None]
     n, v = Y.shape
@@ -503,12 +508,12 @@ def ridge_sweep(
     Y_dev = None
     for p, members in widths.items():
         L = len(members)
-        X = torch.stack([torch.as_tensor(np.asarray(Xs[i], dtype=np.float32)) for i in members])
+        X = torch.stack([torch.as_tensor(np.asarray(Xs[i], dtype=np_dtype)) for i in members])
         X = X.to(dev)
         mean = X.mean(1, dtype=torch.float64)
         scale = (X.to(torch.float64) - mean[:, None]).square().mean(1).sqrt()
         scale = torch.where(scale > 0, scale, 1.0)
-        mean, scale = mean.to(torch.float32), scale.to(torch.float32)
+        mean, scale = mean.to(dtype), scale.to(dtype)
         X = (X - mean[:, None]) / scale[:, None]
         form = _solver(min(len(t) for t, _ in inner_cv), p, solver)
         clock = tick("prepare", clock)
@@ -532,8 +537,8 @@ def ridge_sweep(
             batch = min(batch, max(64, CPU_CACHE_BYTES // (4 * block * L)))
         if Y_dev is None and batch >= v:
             Y_dev = torch.as_tensor(Y, device=dev)  # one transfer serves every width
-        coef = torch.empty((L, p, v), dtype=torch.float32, device=dev)
-        intercept = torch.empty((L, v), dtype=torch.float32, device=dev)
+        coef = torch.empty((L, p, v), dtype=dtype, device=dev)
+        intercept = torch.empty((L, v), dtype=dtype, device=dev)
         best = torch.empty((L, v), dtype=torch.float64, device=dev)
         cv_scores = torch.empty((L, len(alphas_np), v), dtype=torch.float64, device=dev)
         for start in range(0, v, batch):
@@ -545,7 +550,7 @@ def ridge_sweep(
             best[:, sl] = best_alpha
             y_mean = y_sum / n
             Bf = (full.Q.transpose(1, 2) @ XtY).baddbmm_(full.qm, y_mean.expand(L, 1, -1), alpha=-n)
-            Bf *= (1.0 / (full.lam[:, :, None] + best_alpha[:, None, :])).to(torch.float32)
+            Bf *= (1.0 / (full.lam[:, :, None] + best_alpha[:, None, :])).to(dtype)
             W = full.Q @ Bf  # (L, p, vb)
             coef[:, :, sl] = W
             intercept[:, sl] = y_mean[None] - (full.x_mean[:, None, :] @ W)[:, 0]
