@@ -226,8 +226,14 @@ def main() -> None:
             layers, Y, tr, alphas, cv, ours_alphas, hima_alphas
         )
     if dev.type == "cuda" and not args.no_phases:
-        t_cpu, _, _ = _ours(layers, Y, tr, alphas, cv, dev, decomp_device="cpu")
-        result["sweep_s_decomp_on_cpu"] = round(t_cpu, 3)
+        from alignment.encoders import sweep as sweep_module
+
+        result["eigh_device_auto"] = {
+            str(k[1]): str(d) for k, d in sweep_module._EIGH_DEVICE.items()
+        }
+        for where in ("cpu", "cuda"):
+            t, _, _ = _ours(layers, Y, tr, alphas, cv, dev, decomp_device=where)
+            result[f"sweep_s_eigh_on_{where}"] = round(t, 3)
     if args.scale == "small" and not args.no_sklearn:
         sk_s, sk_pred = _sklearn(layers, Y, tr, alphas)
         r_sk = np.stack([_r(p, Y[tr:]) for p in sk_pred])

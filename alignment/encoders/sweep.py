@@ -97,11 +97,43 @@ def _as_index(idx, device) -> torch.Tensor:
     return torch.as_tensor(np.asarray(idx, dtype=np.int64), device=device)
 
 
-def _eig_basis(G, decomp_dtype, tol_dim: int):
+_EIGH_DEVICE: dict = {}
+
+
+def _eigh_device(G, decomp_device):
+    """Where to eigendecompose ``G``: ``decomp_device``, or for ``auto`` on CUDA the faster of
+    the GPU and the CPU, timed once per process and matrix size (cuSOLVER loops over a batch of
+    large matrices, and some torch/CUDA builds have much slower eigh kernels)."""
+    import torch
+
+    if decomp_device != "auto":
+        return decomp_device
+    if G.device.type != "cuda":
+        return G.device
+    key = (str(G.device), G.shape[-1], G.dtype)
+    if key not in _EIGH_DEVICE:
+        seconds = {}
+        for dev in (G.device, torch.device("cpu")):
+            one = G[:1].to(dev)
+            torch.linalg.eigh(one)  # warm-up (kernels, workspace)
+            torch.cuda.synchronize(G.device)
+            start = time.perf_counter()
+            torch.linalg.eigh(G[:2].to(dev))
+            torch.cuda.synchronize(G.device)
+            seconds[dev] = time.perf_counter() - start
+        _EIGH_DEVICE[key] = min(seconds, key=seconds.get)
+        log.info("eigendecompositions of size %d run on %s", G.shape[-1], _EIGH_DEVICE[key])
+    return _EIGH_DEVICE[key]
+
+
+def _eig_basis(G, decomp_dtype, tol_dim: int, decomp_device="auto"):
     """Eigenbasis of centred Grams ``G`` (L, m, m): (lam, U, keep), lam = inf where dropped."""
     import torch
 
-    lam, U = torch.linalg.eigh(G.to(decomp_dtype))
+    home = G.device
+    G = G.to(decomp_dtype)
+    lam, U = torch.linalg.eigh(G.to(_eigh_device(G, decomp_device)))
+    lam, U = lam.to(home), U.to(home)
     # components without energy (lam ~ 0: collinear features, the direction centring removed)
     # carry no part of the ridge solution, which lies in the row space of the centred features:
     # drop them, as their rounding noise would otherwise be amplified by 1 / alpha
@@ -199,9 +231,8 @@ def _primal_folds(X, inner_cv, alphas, decomp_dtype, decomp_device):
     m_full = s_full / n
     G_fc = G_full - n * m_full[:, :, None] * m_full[:, None, :]
     # one batched eigendecomposition of every training set's Gram (folds and full set)
-    stack = torch.cat([g[0] for g in grams] + [G_fc]).to(decomp_device)
-    lam, U, keep = _eig_basis(stack, decomp_dtype, max(n, p))
-    lam, U, keep = lam.to(dev), U.to(dev), keep.to(dev)
+    stack = torch.cat([g[0] for g in grams] + [G_fc])
+    lam, U, keep = _eig_basis(stack, decomp_dtype, max(n, p), decomp_device)
     K = len(folds)
     for k, (fold, (_, G_vc, _)) in enumerate(zip(folds, grams, strict=True)):
         sl = slice(k * L, (k + 1) * L)
@@ -261,9 +292,8 @@ def _dual_folds(X, inner_cv, alphas, decomp_dtype, decomp_device):
         Xt = X[:, rows]
         x_mean = Xt.mean(1)
         Xc = (Xt - x_mean[:, None]).to(decomp_dtype)
-        K = (Xc @ Xc.transpose(1, 2)).to(decomp_device)
-        lam, U, keep = _eig_basis(K, decomp_dtype, max(n, p))
-        lam, U, keep = lam.to(dev), U.to(dev), keep.to(dev)
+        K = Xc @ Xc.transpose(1, 2)
+        lam, U, keep = _eig_basis(K, decomp_dtype, max(n, p), decomp_device)
         # the kernel's eigenvectors map to the right singular vectors V = Xc^T U / s
         s = lam.clamp_min(1e-300).sqrt()
         Q64 = (Xc.transpose(1, 2) @ U) / s[:, None, :]
@@ -313,11 +343,12 @@ def _scores(X, Y, folds, rest, alphas, log_alphas):
 
     L = X.shape[0]
     vb = Y.shape[1]
-    XvYv, yv_sums = [], []
+    XvYv, yv_sums, Yvs = [], [], []
     for fold in folds:
         Yv = Y[fold.v_idx]
         XvYv.append(fold.Xv.transpose(1, 2) @ Yv)  # (L, p, vb)
         yv_sums.append(Yv.sum(0))
+        Yvs.append(Yv)
     y_sum = Y.sum(0)
     if rest is None:
         XtY = X.transpose(1, 2) @ Y
@@ -329,7 +360,7 @@ def _scores(X, Y, folds, rest, alphas, log_alphas):
             XtY += X[:, rest].transpose(1, 2) @ Y[rest]
     total = torch.zeros((L, len(alphas), vb), dtype=torch.float64, device=Y.device)
     base = torch.zeros(vb, dtype=torch.float64, device=Y.device)
-    for fold, XvYv_k, yv_sum in zip(folds, XvYv, yv_sums, strict=True):
+    for fold, XvYv_k, yv_sum, Yv in zip(folds, XvYv, yv_sums, Yvs, strict=True):
         C = XtY - XvYv_k
         y_held = yv_sum
         if fold.e_idx is not None:
@@ -355,7 +386,6 @@ def _scores(X, Y, folds, rest, alphas, log_alphas):
             part = P.square_().sum(2)  # (a strided norm is 3x slower on a CPU)
             quad = part if quad is None else quad.add_(part)
         total += (2 * cross - quad).to(torch.float64) / fold.n_v
-        Yv = Y[fold.v_idx]
         base += ((Yv - y_mean) ** 2).sum(0).to(torch.float64) / fold.n_v  # ||Yv - ybar_T||^2
     score = (total - base) / len(folds)
     # ties go to the larger alpha, by himalaya's slope
@@ -449,7 +479,8 @@ def ridge_sweep(
     decomp_dtype : torch dtype, optional
         Precision of the Grams, eigendecompositions and selection sums (default float64).
     decomp_device : str, optional
-        Where the eigendecompositions run (default: ``device``).
+        Where the eigendecompositions run: ``auto`` (default: on CUDA the faster of the GPU and
+        the CPU, timed once per process; else ``device``), ``cpu``, ``cuda``.
     n_targets_batch : int, optional
         Voxels per batch; default from free memory (:func:`alignment.encoders.memory.voxel_batch`).
     timings : dict, optional
@@ -467,7 +498,7 @@ def ridge_sweep(
     decomp_dtype = decomp_dtype or torch.float64
     dtype = dtype or torch.float32
     dev = resolve_device(device)
-    decomp_dev = resolve_device(decomp_device) if decomp_device else dev
+    decomp_dev = "auto" if decomp_device in (None, "auto") else resolve_device(decomp_device)
 
     def tick(name, start):
         if timings is None:
