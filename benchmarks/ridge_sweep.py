@@ -167,9 +167,11 @@ def main() -> None:
     layers, Y = _data(s)
     tr = s["train"]
     cv = grouped_folds(np.arange(tr), n_folds, random_state=0)
-    # warm-up: CUDA context, kernels, allocator
-    warm = [(np.arange(100, 200), np.arange(100)), (np.arange(100), np.arange(100, 200))]
-    ridge_sweep([X[:200] for X in layers[:2]], Y[:200, :64], alphas, warm, device=dev)
+    # warm-up: CUDA context, kernels, allocator, and the (once per process) choice of where the
+    # eigendecompositions of this width run
+    m = min(tr, 4 * s["features"])
+    warm = grouped_folds(np.arange(m), 2, random_state=0)
+    ridge_sweep([X[:m] for X in layers[:2]], Y[:m, :64], alphas, warm, device=dev)
     ours_s, ours_pred, fits = _ours(layers, Y, tr, alphas, cv, dev)
     ours_alphas = np.stack([f.best_alphas for f in fits])
     del fits
