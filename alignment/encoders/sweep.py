@@ -493,7 +493,7 @@ def ridge_sweep(
     """
     import torch
 
-    from alignment.encoders.memory import voxel_batch
+    from alignment.encoders.memory import free_bytes, voxel_batch
 
     decomp_dtype = decomp_dtype or torch.float64
     dtype = dtype or torch.float32
@@ -566,8 +566,9 @@ def ridge_sweep(
             # on a CPU, batches whose per-alpha products stay in cache run several times faster
             block = max(b[0].shape[1] for f in folds for b in f.blocks)
             batch = min(batch, max(64, CPU_CACHE_BYTES // (4 * block * L)))
-        if Y_dev is None and batch >= v:
-            Y_dev = torch.as_tensor(Y, device=dev)  # one transfer serves every width
+        if Y_dev is None and (dev.type == "cpu" or batch >= v or Y.nbytes < free_bytes(dev) / 8):
+            # one transfer serves every width and batch (on a CPU, a view of Y)
+            Y_dev = torch.as_tensor(Y, device=dev)
         coef = torch.empty((L, p, v), dtype=dtype, device=dev)
         intercept = torch.empty((L, v), dtype=dtype, device=dev)
         best = torch.empty((L, v), dtype=torch.float64, device=dev)
