@@ -44,6 +44,7 @@ def _r(a, b):
     ("n", "p", "folds"),
     [
         (240, 30, "grouped"),
+        (400, 80, "grouped"),  # 80 components: the triangular validation factor in row blocks
         (240, 30, "blocked"),  # inner training sets with a gap: not complements of validation
         (90, 200, "grouped"),  # more features than samples: the dual form
     ],
@@ -67,20 +68,28 @@ def test_sweep_matches_himalaya_ridgecv(n, p, folds):
     np.testing.assert_allclose(_r(ours, Y[n:]), _r(theirs, Y[n:]), atol=1e-4)
 
 
-@pytest.mark.parametrize("solver", ["primal", "dual"])
-def test_sweep_matches_sklearn_ridge_per_voxel_alpha(solver):
-    X, Y = _data(150, 40)
-    cv = grouped_folds(np.arange(150), 3)
-    fit = ridge_sweep([X[:150]], Y[:150], ALPHAS, cv, solver=solver)[0]
+@pytest.mark.parametrize(("n", "p", "folds"), [(300, 80, "grouped"), (60, 120, "blocked")])
+def test_sweep_in_float64_matches_sklearn_ridge_on_the_same_alphas_and_folds(n, p, folds):
+    # every inner-CV score, every chosen alpha and the refit, against scikit-learn's Ridge
+    # fitted fold by fold and alpha by alpha: 1e-6 in float64 (primal and dual forms)
+    import torch
+
+    X, Y = _data(n, p)
+    X, Y = X.astype(np.float64), Y.astype(np.float64)
+    cv = grouped_folds(np.arange(n), 4) if folds == "grouped" else blocked_folds(n, 4, gap=2)
+    fit = ridge_sweep([X[:n]], Y[:n], ALPHAS, cv, dtype=torch.float64)[0]
+    assert fit.solver == ("primal" if p <= n else "dual")
     Xs = (X - fit.mean) / fit.scale
-    ref = np.stack(
-        [
-            Ridge(alpha=a).fit(Xs[:150], Y[:150, j]).predict(Xs[150:])
-            for j, a in enumerate(fit.best_alphas)
-        ],
-        1,
-    )
-    np.testing.assert_allclose(fit.predict(X[150:]), ref, atol=1e-4 * np.abs(ref).max())
+    scores = np.zeros((len(ALPHAS), Y.shape[1]))
+    for train, val in cv:
+        for i, alpha in enumerate(ALPHAS):
+            pred = Ridge(alpha=alpha).fit(Xs[train], Y[train]).predict(Xs[val])
+            scores[i] -= ((Y[val] - pred) ** 2).mean(0) / len(cv)
+    np.testing.assert_allclose(fit.cv_scores, scores, rtol=1e-6)
+    best = ALPHAS[(scores + 1e-10 * np.log(ALPHAS)[:, None]).argmax(0)]
+    np.testing.assert_array_equal(fit.best_alphas, best)
+    ref = Ridge(alpha=best).fit(Xs[:n], Y[:n]).predict(Xs[n:])
+    np.testing.assert_allclose(fit.predict(X[n:]), ref, rtol=0, atol=1e-6 * np.abs(ref).max())
 
 
 def test_layers_batched_and_voxel_batches_give_the_same_fit():
@@ -262,9 +271,42 @@ def test_preflight_fails_early_naming_the_setting_to_change(monkeypatch):
 def test_auto_solver_runs_the_sweep_where_it_does_less_work():
     from alignment.encoders.ridge import sweep_pays
 
-    nsd = grouped_folds(np.arange(9000), 5)
-    assert sweep_pays(9000, 768, nsd)  # many samples per feature
-    assert not sweep_pays(192, 96, grouped_folds(np.arange(192), 3))  # the demo's images
+    assert sweep_pays(9000, 768, grouped_folds(np.arange(9000), 5))  # NSD
+    assert sweep_pays(192, 96, grouped_folds(np.arange(192), 3), 8)  # the demo's images
+    # more features than samples (narrative FIR delays): himalaya's kernel solver
+    assert not sweep_pays(297, 1536, blocked_folds(297, 3, gap=3), 8)
     X, Y = _data(192, 96)
     enc = RidgeEncoder(alphas=ALPHAS, cv=grouped_folds(np.arange(192), 3)).fit(X[:192], Y[:192])
-    assert enc.sweep_ is None  # himalaya fitted it
+    assert enc.sweep_ is not None
+    X, Y = _data(60, 120)
+    enc = RidgeEncoder(alphas=ALPHAS, cv=grouped_folds(np.arange(60), 3)).fit(X[:60], Y[:60])
+    assert enc.sweep_ is None
+
+
+def test_encode_default_path_is_the_sweep_and_equals_the_himalaya_path(monkeypatch):
+    # score_layers is what `alignment encode` runs: the default ridge spec goes through the
+    # sweep and gives the Scores of `solver: himalaya` within 1e-4
+    from alignment.encoders import ridge as ridge_module
+    from alignment.evaluation import score_layers
+
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(len(args[0]))
+        return ridge_sweep(*args, **kwargs)
+
+    monkeypatch.setattr(ridge_module, "ridge_sweep", counted)
+    rng = np.random.default_rng(5)
+    n_img, v = 150, 24
+    F = {f"layer_{i}": rng.standard_normal((n_img, 12)).astype(np.float32) for i in range(3)}
+    s = F["layer_1"] @ rng.standard_normal((12, v))
+    resp, layers = _images(F, s / s.std(0) * np.linspace(0, 1, v))
+    spec = {"kind": "ridge", "alphas": [0.1, 1.0, 10.0, 100.0, 1000.0, 1e4]}
+    run = dict(cv={"n_folds": 4, "inner_folds": 3}, stats_spec={"n_permutations": 20})
+    default = score_layers(resp, layers, encoder_spec=spec, **run)
+    assert calls == [3] * 4  # one batched sweep of the 3 layers per outer fold
+    himalaya = score_layers(resp, layers, encoder_spec={**spec, "solver": "himalaya"}, **run)
+    assert len(calls) == 4
+    np.testing.assert_allclose(default.alpha.values, himalaya.alpha.values, rtol=1e-5)
+    for var in ("r", "r2"):
+        np.testing.assert_allclose(default[var].values, himalaya[var].values, atol=1e-4)

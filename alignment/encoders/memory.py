@@ -24,7 +24,9 @@ def free_bytes(device="cpu") -> int:
     device = torch.device(device)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
+        # blocks torch's caching allocator holds but no tensor uses are free to this process
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(free + cached)
     avail = None
     try:
         with open("/proc/meminfo") as fh:
@@ -49,17 +51,17 @@ def free_bytes(device="cpu") -> int:
 
 
 def sweep_bytes_per_voxel(
-    n_samples: int, n_features: int, n_layers: int, n_alphas: int, rank: int
+    n_samples: int, n_features: int, n_layers: int, n_alphas: int, rank: int, n_folds: int = 5
 ) -> int:
     """Peak bytes per voxel of one batch of the ridge sweep (:func:`.sweep.ridge_sweep`).
 
-    Per voxel: its responses (n), the cross-products, held-out parts and fitted weights
-    (about 6 L p), the basis projections (2 L r), the per-alpha coefficients, their product with
-    the validation Gram and the elementwise product (3 L A r), the scores (2 L A, float64),
-    or materialised validation predictions when they are smaller.
+    Per voxel: its responses (n), the folds' validation cross-products (K L p), the full one,
+    a training one, the basis projections and fitted weights (about 6 L p), the product of the
+    per-alpha validation factor (L A rank, ``rank`` = its rows) with its norm, and the scores and
+    selection sums (4 L A, float64).
     """
-    L, p, A, r = n_layers, n_features, n_alphas, rank
-    return FLOAT * (n_samples + 6 * L * p + 2 * L * r + 3 * L * A * r) + 16 * L * A
+    L, p, A, r, K = n_layers, n_features, n_alphas, rank, n_folds
+    return FLOAT * (n_samples + (K + 6) * L * p + 2 * L * A * r) + 32 * L * A
 
 
 def voxel_batch(
@@ -69,6 +71,7 @@ def voxel_batch(
     n_layers: int,
     n_alphas: int,
     rank: int,
+    n_folds: int = 5,
     device="cpu",
     available: int | None = None,
     share: float = BATCH_SHARE,
@@ -77,7 +80,7 @@ def voxel_batch(
 
     Parameters
     ----------
-    n_samples, n_features, n_layers, n_alphas, rank : int
+    n_samples, n_features, n_layers, n_alphas, rank, n_folds : int
         Shapes of the sweep (rank = the size of the inner folds' bases).
     device : torch device or str
     available : int, optional
@@ -90,7 +93,7 @@ def voxel_batch(
     int, at least 1.
     """
     available = free_bytes(device) if available is None else available
-    per_voxel = sweep_bytes_per_voxel(n_samples, n_features, n_layers, n_alphas, rank)
+    per_voxel = sweep_bytes_per_voxel(n_samples, n_features, n_layers, n_alphas, rank, n_folds)
     return max(1, int(available * share) // per_voxel)
 
 

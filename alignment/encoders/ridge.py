@@ -1,7 +1,10 @@
 """Voxelwise ridge regression with a per-voxel alpha chosen by inner cross-validation.
 
-By default the fast layer sweep (:mod:`alignment.encoders.sweep`, pure torch on the CPU or a
-GPU) solves it; it gives himalaya's ``RidgeCV`` solution. ``solver: himalaya`` runs himalaya
+By default (``solver: auto``) the fast layer sweep (:mod:`alignment.encoders.sweep`, pure torch
+on the CPU or a GPU) solves it wherever it does less work than himalaya, i.e. whenever there are
+at least as many samples as features (:func:`sweep_pays`); it gives himalaya's ``RidgeCV``
+solution (alpha choices differ only on near-ties that float32 himalaya cannot resolve, where
+the sweep's float64 selection agrees with float64 himalaya). ``solver: himalaya`` runs himalaya
 itself: the primal form (``himalaya.ridge.RidgeCV``) when there are fewer features than samples
 and the dual form (``himalaya.kernel_ridge.KernelRidgeCV``) otherwise, on the backend named
 (``numpy`` on a CPU, ``torch_cuda`` on a GPU).
@@ -54,21 +57,29 @@ def _check_xy(X, Y=None):
     return X, Y
 
 
-def sweep_pays(n_samples: int, n_features: int, inner_cv) -> bool:
-    """Whether the sweep's validation work per alpha, min(rank^2, n_val * rank), is under half
-    of himalaya's (its n_val x n_train hat matrix times the targets), summed over inner folds.
+def sweep_pays(n_samples: int, n_features: int, inner_cv, n_alphas: int = 10) -> bool:
+    """Whether the sweep does fewer floating-point operations per voxel than himalaya.
 
-    Measured on 2 CPU cores: at the demo's shapes (192 images, 96 features) himalaya is faster;
-    with many samples per feature (NSD: 9,000 x 768) the sweep does ~20x less work.
+    The sweep's count is :func:`alignment.encoders.sweep.sweep_flops`; himalaya's RidgeCV (or
+    KernelRidgeCV) predicts every validation row for every alpha through an
+    (alphas, n_val, n_train) hat matrix (2 A n_val n_train per voxel and fold) and refits
+    through an (alphas, features, samples) one (2 A p n per voxel). The primal sweep wins
+    wherever there are at least as many training samples as features (demo images: 192 x 96,
+    1.5x fewer; NSD: 9,000 x 768, about 15x fewer); with more features than samples (the dual
+    form, e.g. time series with FIR delays) himalaya's kernel solver does less work.
     """
+    from alignment.encoders.sweep import sweep_flops
+
     if isinstance(inner_cv, int | np.integer):
-        n_val = n_samples / int(inner_cv)
-        folds = [(n_samples - n_val, n_val)] * int(inner_cv)
-    else:
-        folds = [(len(t), len(v)) for t, v in inner_cv]
-    ours = sum(min(n_features, n_t) * min(min(n_features, n_t), n_v) for n_t, n_v in folds)
-    theirs = sum(n_t * n_v for n_t, n_v in folds)
-    return ours < 0.5 * theirs
+        from sklearn.model_selection import KFold
+
+        inner_cv = list(KFold(int(inner_cv)).split(np.arange(n_samples)))
+    folds = [(len(t), len(v)) for t, v in inner_cv]
+    form = "primal" if n_features <= min(n_t for n_t, _ in folds) else "dual"
+    ours = sweep_flops(n_samples, n_features, 1, 1, n_alphas, inner_cv, solver=form)["float32"]
+    theirs = sum(2 * n_alphas * n_v * n_t for n_t, n_v in folds)
+    theirs += 2 * n_alphas * min(n_features, n_samples) * n_samples
+    return ours < theirs
 
 
 @register_encoder("ridge", experiments=("images", "narrative", "sentences"))
@@ -90,8 +101,10 @@ class RidgeEncoder(RegressorMixin, BaseEstimator):
         (himalaya backend names are accepted for both solvers).
     solver : {"auto", "primal", "dual", "himalaya"}
         The sweep in the primal or dual form, or himalaya's RidgeCV / KernelRidgeCV (primal
-        when n_features <= n_samples). ``auto``: the sweep where it does less work than
-        himalaya (:func:`sweep_pays`: many samples per feature, e.g. NSD), else himalaya.
+        when n_features <= n_samples). ``auto`` (default): the sweep wherever it does less work
+        than himalaya (:func:`sweep_pays`: whenever there are at least as many inner training
+        samples as features, e.g. the demo's images and NSD), himalaya's kernel solver
+        otherwise (more features than samples).
     n_targets_batch : int, optional
         Voxels solved at once (default: from free memory).
 
@@ -147,7 +160,7 @@ class RidgeEncoder(RegressorMixin, BaseEstimator):
 
     def _use_himalaya(self, n: int, p: int) -> bool:
         if self.solver == "auto":
-            return not sweep_pays(n, p, self.cv)
+            return not sweep_pays(n, p, self._inner_cv(n), len(self._alphas()))
         return self.solver == "himalaya"
 
     def _alphas(self):
