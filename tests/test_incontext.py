@@ -15,16 +15,16 @@ import pytest
 import torch
 import xarray as xr
 
-from alignment.encoders import EncoderContext, make_encoder
-from alignment.encoders import incontext as ic
-from alignment.encoders import synthetic as syn
-from alignment.encoders.decoding import (
+from alignment.data import synthetic_voxels as syn
+from alignment.decoding import (
     analytic_inversion,
     decode,
     meta_train_decoder,
     retrieval_accuracy,
     select_voxels,
 )
+from alignment.encoders import EncoderContext, make_encoder
+from alignment.encoders import incontext as ic
 from alignment.encoders.ridge import RidgeEncoder
 from alignment.io import InputError
 
