@@ -8,6 +8,7 @@ true prior (closed form) and the oracle.
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -384,6 +385,58 @@ def test_query_cli_end_to_end_and_held_out_check(trained, tiny_clip, tmp_path):
     # subject 02 was a training subject of this checkpoint: refused, exit status 2
     bad = ["query", "--responses", str(tmp_path / "sub-02.nc"), *common, "--out", str(out)]
     assert main(bad) == 2
+
+
+def test_fewshot_cli_shares_its_fits_with_decoding_and_attention(trained, tmp_path):
+    # one fewshot job writes the scaling curve, the decoding table and token 0's attention from
+    # one set of in-context fits: the decoding table equals `alignment decode`'s, which fits anew
+    import pandas as pd
+
+    from alignment.cli import main
+    from alignment.io import write_netcdf, write_zarr_layers
+
+    X, Y, _, _ = trained["test"]
+    n = 90
+    ids = np.array([f"img{i:03d}" for i in range(n)])
+    layer = xr.DataArray(
+        X[:n], dims=("stimulus", "unit"), coords={"stimulus_id": ("stimulus", ids)}
+    )
+    write_zarr_layers({"layer_00": layer}, tmp_path / "f.zarr", dict(EMBEDDING))
+    resp = _responses(X[:n], Y[:n, :24], "04", ids)
+    resp = resp.assign_coords(roi=("voxel", np.array(["a"] * 12 + ["b"] * 8 + ["none"] * 4)))
+    write_netcdf(resp, tmp_path / "sub-04.nc")
+    spec = {
+        "scaling": {"n_context": [10, 30]},
+        "decoding": {"n_voxels": [8], "eval_context": [30]},
+        "attention_top": 3,
+    }
+    common = [
+        "--responses", str(tmp_path / "sub-04.nc"), "--features", str(tmp_path / "f.zarr"),
+        "--checkpoint", str(trained["path"]), "--encoder-spec", json.dumps(spec),
+        "--cv", json.dumps({"n_folds": 3}), "--device", "cpu",
+    ]  # fmt: skip
+    out = {k: tmp_path / f"{k}.tsv" for k in ("fewshot", "decoding", "attention", "decode")}
+    argv = ["fewshot", *common, "--ridge-spec", json.dumps({"alphas": [1.0, 100.0]})]
+    argv += ["--decoding-out", str(out["decoding"]), "--attention-out", str(out["attention"])]
+    assert main([*argv, "--out", str(out["fewshot"])]) == 0
+    assert main(["decode", *common, "--out", str(out["decode"])]) == 0
+    shared, alone = (pd.read_csv(out[k], sep="\t") for k in ("decoding", "decode"))
+    pd.testing.assert_frame_equal(shared, alone)
+    assert set(shared["n_context"]) == {30, 60} and set(shared["method"]) == {
+        "incontext",
+        "analytic",
+    }
+    att = pd.read_csv(out["attention"], sep="\t")
+    # the 20 ROI voxels (none of the 4 outside), 3 images each, most attended first
+    assert len(att) == 20 * 3 and set(att["roi"]) == {"a", "b"}
+    assert (att.groupby("voxel")["attention"].apply(lambda a: a.is_monotonic_decreasing)).all()
+    assert att["attention"].between(0, 1).all() and att["uniform"].iloc[0] == pytest.approx(1 / 60)
+    assert att["stimulus_id"].isin(ids).all()
+    # the voxel's EV is the in-context EV pooled over folds at the largest N of the curve
+    curve = pd.read_csv(out["fewshot"], sep="\t")
+    full = curve[(curve["encoder"] == "incontext") & (curve["n_context"] == 60)]
+    ev_a = att[att["roi"] == "a"].drop_duplicates("voxel")["ev"].mean()
+    assert ev_a == pytest.approx(full.set_index("roi").loc["a", "ev_mean"], rel=1e-5)
 
 
 def test_stage_one_prior_is_fitted_to_ridge_weights_of_real_voxels():
