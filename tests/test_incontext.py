@@ -122,14 +122,22 @@ def test_bayes_estimator_is_the_closed_form_posterior_mean():
 
 
 def test_few_shot_beats_ridge_and_approaches_bayes(trained):
+    evs = {n: _evs(trained, n) for n in (10, 30, 100)}
+    for n, e in evs.items():
+        print(
+            f"N={n}: in-context {e['incontext']:.3f}, ridge {e['ridge']:.3f}, Bayes "
+            f"{e['bayes']:.3f}, oracle {e['oracle']:.3f}; in-context / ridge "
+            f"{e['incontext'] / e['ridge']:.2f} (Bayes / ridge {e['bayes'] / e['ridge']:.2f}), "
+            f"fraction of Bayes {e['incontext'] / e['bayes']:.2f}"
+        )
+    # N=10: far above ridge (which has too few images for 17 parameters)
+    assert evs[10]["incontext"] >= 1.5 * max(evs[10]["ridge"], 0.0) + 0.05
+    # N=30: above ridge; 1.5x is out of reach here, since the Bayes posterior mean itself, the
+    # best any estimator does on average, is only ~1.4x cross-validated ridge at N=30 with E=16
+    assert evs[30]["incontext"] > 1.1 * evs[30]["ridge"]
+    assert evs[30]["bayes"] < 1.5 * evs[30]["ridge"]
     for n in (10, 30):
-        evs = _evs(trained, n)
-        frac = evs["incontext"] / evs["bayes"]
-        print(f"N={n}: {evs}, fraction of Bayes EV reached {frac:.2f}")
-        assert evs["incontext"] > evs["ridge"] + 0.02
-        assert frac > 0.7
-        if n == 10:
-            assert evs["incontext"] >= 1.5 * max(evs["ridge"], 0.0) + 0.05
+        assert evs[n]["incontext"] > 0.78 * evs[n]["bayes"]
 
 
 def test_converges_toward_the_oracle_as_context_grows(trained):
@@ -170,26 +178,31 @@ def test_output_is_invariant_to_context_order(trained):
 def test_decoding_beats_chance_and_the_analytic_inversion_with_few_voxels(trained):
     X, Y, _, _ = trained["test"]
     ckpt = trained["ckpt"]
-    ctx, cand = np.arange(200), np.arange(400, 500)
+    ctx = np.arange(200)
     W, b = ic.predict_weights(ckpt.model, X[ctx], Y[ctx], device="cpu")
     lam = ckpt.extra["decoder_lambda"]
+    # three sets of 100 candidates (chance 1%, 5%): one set's top-5 moves in steps of 0.01
+    sets = [np.arange(400, 500), np.arange(500, 600), np.arange(600, 700)]
     results = {}
     for n_vox in (8, 16, 300):
         sel = select_voxels(W, X[ctx], n_vox)
-        beta = Y[cand][:, sel]
+        acc = {"incontext": [], "analytic": []}
+        for cand in sets:
+            beta = Y[cand][:, sel]
+            pred = decode(ckpt.decoder, W[sel], b[sel], beta, "cpu")
+            acc["incontext"].append(retrieval_accuracy(pred, X[cand]))
+            ana = analytic_inversion(W[sel], b[sel], beta, lam)
+            acc["analytic"].append(retrieval_accuracy(ana, X[cand]))
         results[n_vox] = {
-            "incontext": retrieval_accuracy(
-                decode(ckpt.decoder, W[sel], b[sel], beta, "cpu"), X[cand]
-            ),
-            "analytic": retrieval_accuracy(analytic_inversion(W[sel], b[sel], beta, lam), X[cand]),
+            m: {k: float(np.mean([r[k] for r in rs])) for k in rs[0]} for m, rs in acc.items()
         }
     print({n: {m: (r["top1"], r["top5"]) for m, r in d.items()} for n, d in results.items()})
     chance = results[300]["incontext"]["chance_top1"]
     assert results[300]["incontext"]["top1"] > 10 * chance
     assert results[300]["analytic"]["top1"] > 10 * chance
-    for n_vox in (8, 16):
-        r = results[n_vox]
-        assert r["incontext"]["top5"] > r["analytic"]["top5"]
+    few = [results[n] for n in (8, 16)]
+    assert np.mean([r["incontext"]["top5"] - r["analytic"]["top5"] for r in few]) > 0.02
+    assert results[16]["incontext"]["top5"] > results[16]["analytic"]["top5"]
 
 
 def test_registry_builds_it_from_the_checkpoint_and_refuses_other_embeddings(trained):
@@ -502,6 +515,32 @@ def test_report_section_shows_the_scaling_curve_and_decoding(tmp_path):
     section = incontext_section([tmp_path / "fewshot.tsv", tmp_path / "decoding.tsv"], dpi=40)
     assert section.count("<img") == 2 and "The model is small" in section
     assert "width 48, depth 2" in section and "analytic" in section
+    # token 0's most attended context images: the best voxels of each ROI, with thumbnails
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(tmp_path / "face.png")
+    att = pd.DataFrame(
+        {
+            "model": "m",
+            "voxel": [0, 0, 1, 1, 2, 2],
+            "hemi": "left",
+            "vertex": [10, 10, 11, 11, 12, 12],
+            "roi": ["faces"] * 4 + ["early"] * 2,
+            "rank": [0, 1] * 3,
+            "stimulus_id": ["img1", "img2"] * 3,
+            "attention": [0.3, 0.1] * 3,
+            "uniform": 0.01,
+            "ev": [0.5, 0.5, 0.1, 0.1, 0.2, 0.2],
+            "category": ["face", "house"] * 3,
+            "path": [str(tmp_path / "face.png"), str(tmp_path / "missing.png")] * 3,
+        }
+    )
+    att.to_csv(tmp_path / "attention.tsv", sep="\t", index=False)
+    paths = [tmp_path / f"{k}.tsv" for k in ("fewshot", "decoding", "attention")]
+    section = incontext_section(paths, dpi=40)
+    table = section[section.index("Most attended") :]
+    assert table.count("<tr>") == 1 + 3 and table.count("<img") == 3  # one readable image each
+    assert "30.0&times; uniform" in table and table.index("left 10") < table.index("left 11")
     assert incontext_section([]) == ""
     # the subject report places it before the provenance
     scores = xr.Dataset(
