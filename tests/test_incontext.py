@@ -175,6 +175,23 @@ def test_output_is_invariant_to_context_order(trained):
     assert ic.top_context_images(att, 3).shape == (Y.shape[1], 3)
 
 
+def test_batched_pass_shares_the_context_and_runs_in_bfloat16(trained):
+    # one context for every voxel of a batch (the image part of the tokens computed once) gives
+    # what a per-voxel copy of the context gives; bf16 weights (the CUDA default) stay close
+    X, Y, _, _ = trained["test"]
+    model = trained["ckpt"].model
+    x, y = torch.as_tensor(X[:40]), torch.as_tensor(Y[:40, :6].T)
+    with torch.no_grad():
+        shared, copied = model(x, y), model(x.expand(6, -1, -1), y)
+    for a, b in zip(shared, copied, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    W, b = ic.predict_weights(model, X[:40], Y[:40, :50], batch_voxels=7, device="cpu")
+    W16, b16 = ic.predict_weights(model, X[:40], Y[:40, :50], device="cpu", dtype=torch.bfloat16)
+    assert np.abs(W16 - W).max() < 0.05 * np.abs(W).max()
+    assert np.abs(b16 - b).max() < 0.05 * np.abs(b).max() + 0.01
+    assert next(model.parameters()).dtype == torch.float32  # the caller's model is untouched
+
+
 def test_decoding_beats_chance_and_the_analytic_inversion_with_few_voxels(trained):
     X, Y, _, _ = trained["test"]
     ckpt = trained["ckpt"]
