@@ -75,6 +75,8 @@ def cmd_features(args) -> None:
         check_model_source(str(args.spec["source"]), args.model)
     stimuli = _read_stimuli(args.stimuli)
     spec = dict(args.spec)
+    if spec.get("kind") == "lowlevel" and str(args.stimuli).lower().endswith(".textgrid"):
+        spec.setdefault("phones", str(args.stimuli))  # the phone tier of the word timings
     if args.batch_size:
         spec["batch_size"] = args.batch_size
     attrs = extract_to_store(
@@ -111,8 +113,22 @@ def cmd_encode(args) -> None:
     from alignment.io import read_netcdf, read_zarr_attrs, read_zarr_layers, write_netcdf
 
     responses = load_responses(args.responses, on_bad_voxels=args.on_bad_voxels)
-    layers = read_zarr_layers(args.features)
     feat_attrs = read_zarr_attrs(args.features)
+    encoder_inputs = {}
+    for item in args.encoder_input:
+        key, sep, path = item.partition("=")
+        if not sep or not key or not path:
+            raise InputError(f"--encoder-input wants NAME=PATH, got {item!r}")
+        encoder_inputs[key] = path
+    if "spaces" in args.encoder_spec:
+        # banded ridge: the spaces' layers from the stores of their models (--features is the
+        # first space's model, the others come as --encoder-input MODEL=STORE)
+        from alignment.encoders.banded import space_layers
+
+        stores = {**encoder_inputs, str(feat_attrs.get("model", "")): args.features}
+        layers = space_layers(args.encoder_spec, stores, encoder=args.encoder)
+    else:
+        layers = read_zarr_layers(args.features)
     _preflight_encode(args, responses, layers)
     ceiling = None
     if args.ceiling:
@@ -135,12 +151,6 @@ def cmd_encode(args) -> None:
         "stimuli": str(feat_attrs.get("stimuli", "")),  # the report overlays attention on them
         **args.attrs,
     }
-    encoder_inputs = {}
-    for item in args.encoder_input:
-        key, sep, path = item.partition("=")
-        if not sep or not key or not path:
-            raise InputError(f"--encoder-input wants NAME=PATH, got {item!r}")
-        encoder_inputs[key] = path
     shard = _shard(args.shard)
     checkpoints = None
     if not args.no_checkpoint and not args.interpretation_out:
@@ -194,6 +204,14 @@ def _shard(text: str | None):
     return int(index), int(total)
 
 
+def _files(item: str) -> list[Path]:
+    """The files of an ``--encoder-input NAME=PATH`` (a file, or up to 1000 in a folder)."""
+    path = Path(item.partition("=")[2])
+    if path.is_file():
+        return [path]
+    return [p for p in sorted(path.rglob("*"))[:1000] if p.is_file()] if path.is_dir() else []
+
+
 def _checkpoint_folder(args, shard) -> str:
     """Sidecar folder of per-layer checkpoints, keyed by everything that changes the numbers."""
     import hashlib
@@ -213,6 +231,8 @@ def _checkpoint_folder(args, shard) -> str:
         "stats": args.stats,
         "timeseries": args.timeseries,
         "inputs": sorted(args.encoder_input),
+        # e.g. the other feature stores of a banded encoder, an in-context checkpoint
+        "input_files": [stamp(p) for item in sorted(args.encoder_input) for p in _files(item)],
         "on_bad_voxels": args.on_bad_voxels,
         "shard": shard,
         "version": __version__,
@@ -442,6 +462,8 @@ def _preflight_encode(args, responses, layers) -> None:
     check_folds(responses, args.cv, args.timeseries, args.responses)
     if row_dim(responses) == dims.TIME and layers:
         first = next(iter(layers.values()))
+        if isinstance(first, dict):  # the feature spaces of a banded encoder
+            first = next(iter(first.values()))
         if dims.RUN in first.coords:
             check_word_timing(responses, first, args.responses, args.features)
 

@@ -114,6 +114,36 @@ def check_config(config: dict, schema_path: str | Path, source: str = "config.ya
                 problems.append(
                     f"models.{name}: 'source' (local folder or Hugging Face id) is required"
                 )
+        for name, enc in encoders.items():
+            if enc.get("kind") != "banded":
+                continue
+            modalities = set()
+            for i, space in enumerate(enc.get("spaces", [])):
+                model = space["model"]
+                if model not in models:
+                    close = difflib.get_close_matches(model, list(models), n=1)
+                    problems.append(
+                        f"encoders.{name}.spaces[{i}].model: {model!r} is not defined under models"
+                        + (f" (did you mean {close[0]!r}?)" if close else "")
+                    )
+                else:
+                    modalities.add(models[model].get("modality"))
+            if len(modalities) > 1:
+                problems.append(
+                    f"encoders.{name}.spaces: the spaces mix modalities {sorted(modalities)}; "
+                    "they must describe one stimulus set"
+                )
+            # the fit runs on the datasets that list its first space's model (its Scores live
+            # under that model): one that no dataset lists would silently never run
+            first = (enc.get("spaces") or [{}])[0].get("model")
+            if first in models and not any(
+                first in ds.get("models", []) and name in ds.get("encoders", [name])
+                for ds in config.get("datasets", {}).values()
+            ):
+                problems.append(
+                    f"encoders.{name}.spaces[0].model: {first!r} is in no dataset's models that "
+                    "uses this encoder, so the banded encoder would run nowhere"
+                )
         for pair in config.get("compare", []):
             for model in pair:
                 if model not in models:

@@ -46,3 +46,9 @@ R_ROI_CI_HIGH = "r_roi_ci_high"
 
 # roi label for vertices in no ROI
 NO_ROI = "none"
+
+# banded ridge (variance partitioning): variables with dims (layer, space, voxel)
+SPACE = "space"  # one feature space of a banded encoder
+R2_SPLIT = "r2_split"  # each space's share of the joint R² (product measure)
+R2_WITHOUT = "r2_without"  # R² of the model refitted without the space
+R2_UNIQUE = "r2_unique"  # joint R² minus r2_without: variance only the space explains

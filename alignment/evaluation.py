@@ -221,6 +221,8 @@ class CVResult:
     predictions: np.ndarray  # same shape as Design.Y
     alphas: np.ndarray | None  # (n_folds, n_voxels) when the encoder chooses an alpha per voxel
     interpretation: dict[str, np.ndarray] = field(default_factory=dict)  # rows of Design.Y
+    # encoders with predict_split (banded ridge): "split" and "without", (n_spaces, *Y.shape)
+    split: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _fold_training_set(X: np.ndarray, design: Design, train: np.ndarray, cv: dict):
@@ -256,6 +258,7 @@ def cross_validated_layers(
     encoder_spec: dict,
     cv: dict,
     contexts: dict[str, EncoderContext] | None = None,
+    split: bool = True,
 ) -> dict[str, CVResult]:
     """Fit the encoder of every layer on each outer fold's training rows; predict its test rows.
 
@@ -276,6 +279,9 @@ def cross_validated_layers(
     contexts : dict of layer name to EncoderContext, optional
         Voxel labels, feature attributes and extra inputs per layer; the loop fills in the inner
         folds, the fold index, the experiment kind and the random state.
+    split : bool
+        Gather the per-space predictions of encoders that offer ``predict_split`` (banded
+        ridge) into ``CVResult.split``.
 
     Returns
     -------
@@ -287,6 +293,7 @@ def cross_validated_layers(
     pred = {name: np.zeros_like(design.Y) for name in names}
     alphas: dict[str, list] = {name: [] for name in names}
     interpretation: dict[str, dict] = {name: {} for name in names}
+    parts: dict[str, dict] = {name: {} for name in names}
     for k, (train, test) in enumerate(design.folds):
         train_sets = [_fold_training_set(Xs[name], design, train, cv) for name in names]
         Y_train, inner = train_sets[0][1], train_sets[0][2]
@@ -316,12 +323,18 @@ def cross_validated_layers(
                             (len(design.Y), *values.shape[1:]), np.nan, dtype=np.float32
                         )
                     store[key][test] = values
+            if split and hasattr(encoder, "predict_split"):
+                for key, values in encoder.predict_split(X_test).items():
+                    if key not in parts[name]:
+                        parts[name][key] = np.zeros((len(values), *design.Y.shape), np.float32)
+                    parts[name][key][:, test] = values
         del encoders
     return {
         name: CVResult(
             pred[name],
             np.asarray(alphas[name]) if alphas[name] else None,
             interpretation[name],
+            parts[name],
         )
         for name in names
     }
@@ -410,8 +423,11 @@ def roi_intervals(design: Design, pred: np.ndarray, roi, stats_spec: dict) -> di
     return {dims.R_ROI_CI_LOW: low, dims.R_ROI_CI_HIGH: high}
 
 
-def _layer_depth(name: str, layer: xr.DataArray, position: int, n_layers: int) -> float:
-    """Relative depth of a layer (0 = input, 1 = last): as the features store it, if it does."""
+def _layer_depth(name: str, layer, position: int, n_layers: int) -> float:
+    """Relative depth of a layer (0 = input, 1 = last): as the features store it, if it does
+    (feature spaces fitted together: that of the first space)."""
+    if isinstance(layer, dict):
+        layer = next(iter(layer.values()))
     if "relative_depth" in layer.coords:
         return float(layer.coords["relative_depth"])
     if "relative_depth" in layer.attrs:
@@ -488,7 +504,7 @@ def refit_null(
         Yp = Y[batch]  # (b, n, v): permuted responses, as b * v extra voxels
         b = len(batch)
         stacked = replace(design, Y=Yp.transpose(1, 0, 2).reshape(n, b * v))
-        results = cross_validated_layers(Xs, stacked, encoder_spec, cv, contexts)
+        results = cross_validated_layers(Xs, stacked, encoder_spec, cv, contexts, split=False)
         for name, result in results.items():
             pred = result.predictions.reshape(n, b, v).transpose(1, 0, 2)
             null[name][start : start + b] = _centred_r(Yp, pred, test_folds)
@@ -505,6 +521,30 @@ def refit_null(
             "refit",
         )
     return out
+
+
+def _width(layer) -> int:
+    """Features per row of a layer (of all spaces of a joint layer, side by side)."""
+    if isinstance(layer, dict):
+        return sum(_width(a) for a in layer.values())
+    return int(np.prod(layer.shape[1:]))
+
+
+def check_space_ids(spaces: dict, source: str = "features") -> None:
+    """Raise unless the feature spaces of a joint layer (banded ridge) hold the same stimuli."""
+    names = list(spaces)
+    first = spaces[names[0]]
+    ids = set(first[dims.STIMULUS_ID].values.astype(str).tolist())
+    for name in names[1:]:
+        other = set(spaces[name][dims.STIMULUS_ID].values.astype(str).tolist())
+        if other != ids:
+            diff = sorted(ids ^ other)
+            raise InputError(
+                f"{spaces[name].attrs.get('store', source)}: feature space {name!r} holds "
+                f"other stimuli than {names[0]!r} ({first.attrs.get('store', source)}): "
+                f"{len(diff)} stimulus id(s) in one only, e.g. {diff[:3]}; the spaces of a "
+                "banded encoder must come from one stimulus set"
+            )
 
 
 def _null_kind(encoder_spec: dict, design: Design) -> str:
@@ -614,7 +654,56 @@ def _score_layer(
         if result.alphas is not None
         else np.full(design.Y.shape[1], np.nan)
     )
+    if result.split:
+        scores.update(split_scores(design, result.split, scores[dims.R2]))
     return scores
+
+
+def split_scores(design: Design, parts: dict, r2: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-space R² of a banded fit (variance partitioning), each (n_spaces, n_voxels).
+
+    - ``r2_split``: himalaya's ``r2_score_split`` (product measure) of the held-out per-space
+      predictions against the responses, each test fold centred: pooled over folds for images,
+      within each test fold and averaged for narratives (as r is scored). The spaces sum to the
+      joint R² of the fold-centred prediction.
+    - ``r2_without`` / ``r2_unique`` (when the encoder refitted without each space): the R² of
+      the model without space i, scored exactly as ``r2``, and ``r2 - r2_without``, the
+      variance only space i explains.
+    """
+    from himalaya.backend import get_backend, set_backend
+    from himalaya.scoring import r2_score_split
+
+    test_folds = [test for _, test in design.folds]
+    previous = get_backend()
+    set_backend("numpy")
+    try:
+        if design.kind == "images":
+            Y = _centre_folds(design.Y, test_folds)
+            pred = np.stack([_centre_folds(p, test_folds) for p in parts["split"]])
+            r2_split = r2_score_split(Y, pred)
+        else:
+            per_fold = []
+            for test in test_folds:
+                Y = design.Y[test] - design.Y[test].mean(0)
+                pred = parts["split"][:, test].astype(np.float64)
+                per_fold.append(r2_score_split(Y, pred - pred.mean(1, keepdims=True)))
+            r2_split = np.mean(per_fold, axis=0)
+    finally:
+        set_backend(previous)
+    out = {dims.R2_SPLIT: np.asarray(r2_split, dtype=np.float64)}
+    if "without" in parts:
+        if design.kind == "images":
+            without = np.stack([correlation.r2_score(design.Y, p) for p in parts["without"]])
+        else:
+            without = np.stack(
+                [
+                    correlation.foldwise(correlation.r2_score, design.Y, p, test_folds)
+                    for p in parts["without"]
+                ]
+            )
+        out[dims.R2_WITHOUT] = without
+        out[dims.R2_UNIQUE] = np.asarray(r2)[None] - without
+    return out
 
 
 def score_layers(
@@ -643,7 +732,13 @@ def score_layers(
         Validated Responses (images or narrative).
     layers : dict of layer name to DataArray
         Features per layer: (stimulus or word, unit), or (stimulus, token, unit) for encoders
-        that take patch tokens.
+        that take patch tokens. A value may also be a dict of space name to DataArray: feature
+        spaces fitted together (banded ridge, :func:`alignment.encoders.banded.space_layers`);
+        each is built like a layer (narratives: resampled, filtered and delayed), they go side
+        by side into one matrix, the encoder learns their widths from its context
+        (``spaces``, ``space_sizes``), and the Scores gain (layer, space, voxel) variables
+        ``r2_split`` and, when the encoder refits without each space, ``r2_without`` and
+        ``r2_unique`` (:func:`split_scores`).
     encoder_spec, cv, stats_spec, timeseries_spec : dict
         Config sections (defaults in this module). ``encoder_spec["kind"]`` names a registered
         encoder (:mod:`alignment.encoders.registry`).
@@ -713,7 +808,7 @@ def score_layers(
     done: dict[str, dict] = dict(saved)
     group = _layer_batch(encoder_spec, len(names))
     null_kind = _null_kind(encoder_spec, design)
-    widest = max((int(np.prod(layers[n].shape[1:])) for n in names), default=0)
+    widest = max((_width(layers[n]) for n in names), default=0)
     if narrative:
         widest *= len(timeseries_spec.get("delays", TIMESERIES_DEFAULTS["delays"]))
     memory.preflight(
@@ -736,16 +831,28 @@ def score_layers(
             Xs, contexts = {}, {}
             for name in batch:
                 layer = layers[name]
-                if narrative:
-                    X = narrative_features_matrix(
-                        layer, responses, timeseries_spec, features_source
-                    )
+
+                def matrix(arr, source=features_source):
+                    if narrative:
+                        return narrative_features_matrix(arr, responses, timeseries_spec, source)
+                    return image_features_matrix(arr, row_ids, source, responses_source)
+
+                extra = {}
+                if isinstance(layer, dict):  # feature spaces fitted together (banded ridge)
+                    check_space_ids(layer, features_source)
+                    mats = [
+                        matrix(a, a.attrs.get("store", features_source)) for a in layer.values()
+                    ]
+                    X = np.concatenate(mats, axis=1)
+                    extra = {"spaces": list(layer), "space_sizes": [m.shape[1] for m in mats]}
+                    layer_attrs = next(iter(layer.values())).attrs
                 else:
-                    X = image_features_matrix(layer, row_ids, features_source, responses_source)
+                    X, layer_attrs = matrix(layer), layer.attrs
                 check_features(X, kind, features_source)
                 Xs[name] = X
                 contexts[name] = replace(
-                    base_context, features={**base_context.features, **layer.attrs, "layer": name}
+                    base_context,
+                    features={**base_context.features, **layer_attrs, **extra, "layer": name},
                 )
             results = cross_validated_layers(Xs, design, encoder_spec, cv, contexts)
             nulls = {}
@@ -792,9 +899,21 @@ def score_layers(
             out.setdefault(key, []).append(value)
     layer_names = list(layers)
     voxel_coords = _voxel_coords(responses)
+    space_coords = {}
+    if layer_names and isinstance(layers[layer_names[0]], dict):
+        space_coords = {dims.SPACE: list(layers[layer_names[0]])}
     ds = xr.Dataset(
-        {key: ((dims.LAYER, dims.VOXEL), np.stack(vals)) for key, vals in out.items()},
+        {
+            key: (
+                (dims.LAYER, dims.SPACE, dims.VOXEL)
+                if np.ndim(vals[0]) == 2
+                else (dims.LAYER, dims.VOXEL),
+                np.stack(vals),
+            )
+            for key, vals in out.items()
+        },
         coords={
+            **space_coords,
             dims.LAYER: layer_names,
             "layer_index": (dims.LAYER, np.arange(len(layer_names))),
             dims.RELATIVE_DEPTH: (

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# brain-map renders are cached on disk; tests use their own cache, never the user's
+os.environ.setdefault("ALIGNMENT_CACHE_DIR", tempfile.mkdtemp(prefix="alignment-cache-"))
 
 import pytest
 

@@ -222,3 +222,34 @@ def test_plot_layer_profiles(untrained):
     assert ("UNTRAINED" in title) == bool(untrained)
     assert "early" in fig.axes[0].get_title(loc="left")
     assert "best layer_01" in fig.axes[0].get_title(loc="left")
+
+
+def test_surface_map_render_cache_on_disk(scores, tmp_path, monkeypatch):
+    """A map drawn from the disk cache (a later job) is pixel-identical to a fresh render, and a
+    damaged cache entry is rendered again rather than failing."""
+    from alignment.viz import brainmaps
+
+    def raw(values):
+        fig = plot_surface_map(
+            values, scores[dims.HEMI].values, scores[dims.VERTEX].values, views=("ventral",)
+        )
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+        return np.asarray(canvas.buffer_rgba()).copy()
+
+    monkeypatch.setenv("ALIGNMENT_CACHE_DIR", str(tmp_path))
+    brainmaps._view_render.cache_clear()
+    r = scores[dims.R].values[1]
+    fresh = raw(r)
+    (entry,) = (tmp_path / "brainmaps").glob("fsaverage5-ventral-*.npz")
+    brainmaps._view_render.cache_clear()  # a new process: only the disk cache remains
+    np.testing.assert_array_equal(raw(r), fresh)
+    entry.write_bytes(b"not an npz")
+    brainmaps._view_render.cache_clear()
+    np.testing.assert_array_equal(raw(r), fresh)
+    monkeypatch.setenv("ALIGNMENT_CACHE_DIR", "")  # empty: no disk cache at all
+    brainmaps._view_render.cache_clear()
+    np.testing.assert_array_equal(raw(r), fresh)
+    brainmaps._view_render.cache_clear()

@@ -234,17 +234,21 @@ def make_narrative_experiment(root: Path, params: dict, minilm_dir: Path) -> dic
     run_labels, signal_parts = [], []
     dt = 0.05
     hrf = timeseries.spm_hrf(dt)
+    # low-rank projection per word of each planted layer (the same for every run)
+    projections = {
+        name: _low_rank_signal(layers[huggingface.layer_name(layer)].values, p["teacher_rank"],
+                               p["teacher_rank"], np.random.default_rng(layer))
+        for name, layer in p["layers"].items()
+    }
     for run in words["run"].unique():
         in_run = (words["run"] == run).to_numpy()
         part = words[in_run]
         n_tr = int(np.ceil((part["offset"].max() + 12.0) / tr))
         fine_t = np.arange(0, n_tr * tr, dt)
         sig = np.zeros((n_tr, n_vox), dtype=np.float32)
-        for name, layer in p["layers"].items():
+        for name in p["layers"]:
             idx = np.flatnonzero(roi == name)
-            feats = layers[huggingface.layer_name(layer)].values
-            # low-rank projection per word, laid as boxcars over each word's duration
-            proj = _low_rank_signal(feats, p["teacher_rank"], p["teacher_rank"], np.random.default_rng(layer))
+            proj = projections[name]  # laid as boxcars over each word's duration
             drive = np.zeros((len(fine_t), proj.shape[1]))
             for (on, off), row in zip(part[["onset", "offset"]].to_numpy(), proj[in_run], strict=True):
                 drive[int(on / dt) : max(int(off / dt), int(on / dt) + 1)] += row

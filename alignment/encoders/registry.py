@@ -11,10 +11,13 @@ features they take (``inputs``):
 
 Optional fitted attributes the loop reads when present: ``best_alphas_`` (per voxel, stored as
 the Scores' ``alpha``). Optional method: ``interpret(X)`` returning a dict of arrays whose first
-axis is the samples of ``X`` (e.g. attention maps), gathered over test folds. Optional class
-method: ``fit_layers(spec, contexts, Xs, Y)`` fitting one encoder per layer on the same
-responses and fold at once (e.g. ridge's batched layer sweep); :func:`fit_encoders` uses it when
-present and fits the layers one by one otherwise.
+axis is the samples of ``X`` (e.g. attention maps), gathered over test folds. Optional method:
+``predict_split(X)`` returning ``{"split": (n_spaces, samples, voxels)}`` (each feature space's
+part of the prediction) and optionally ``"without"`` (the predictions of the model refitted
+without each space), gathered over test folds and scored as per-space R² (banded ridge).
+Optional class method: ``fit_layers(spec, contexts, Xs, Y)`` fitting one encoder per layer on
+the same responses and fold at once (e.g. ridge's batched layer sweep); :func:`fit_encoders`
+uses it when present and fits the layers one by one otherwise.
 """
 
 from __future__ import annotations
@@ -88,6 +91,7 @@ BUILTIN: dict[str, tuple[str, str, tuple]] = {
     "ridge": ("alignment.encoders.ridge", "pooled", ("images", "narrative", "sentences")),
     "routing": ("alignment.encoders.routing", "tokens", ("images",)),
     "incontext": ("alignment.encoders.incontext", "pooled", ("images",)),
+    "banded": ("alignment.encoders.banded", "pooled", ("images", "narrative", "sentences")),
 }
 
 

@@ -37,7 +37,6 @@ import pandas as pd
 import xarray as xr
 
 from alignment import __version__, dims
-from alignment.features import huggingface
 from alignment.features.spec import (
     MODEL_DEFAULTS,
     cache_key,
@@ -114,6 +113,12 @@ class Job:
     key: str
     batches: Callable[[int, int], Iterator[tuple[int, int, dict]]]
     info: dict = field(default_factory=dict)
+    layer_names: dict = field(default_factory=dict)  # index -> name (default layer_XX)
+    unit_names: dict = field(default_factory=dict)  # index -> names of the layer's units
+
+    def name_of(self, index: int) -> str:
+        """Store name of hidden state (or descriptor group) ``index``."""
+        return self.layer_names.get(index, layer_name(index))
 
     @property
     def n_rows(self) -> int:
@@ -125,10 +130,13 @@ class Job:
 
     def layer_coords(self, index: int) -> dict:
         """Scalar coordinates of hidden state ``index``."""
-        return {
+        coords = {
             "layer_index": int(index),
             "relative_depth": relative_depth(index, self.n_hidden_states),
         }
+        if index in self.unit_names:
+            coords["unit_name"] = (dims.UNIT, np.asarray(self.unit_names[index], dtype=str))
+        return coords
 
     def dims_for(self, ndim: int) -> tuple[str, ...]:
         """Dimension names of a layer array with ``ndim`` dimensions."""
@@ -230,9 +238,13 @@ def prepare(spec: dict, stimuli: pd.DataFrame, *, name: str = "model") -> Job:
         }
         return Job(name, spec, kind, row_dim, ids, coords, indices, n, attrs, key, batches, info)
 
+    if spec["kind"] == "lowlevel":
+        return _lowlevel_job(name, spec, kind, stimuli, ids, row_dim, coords, base_attrs)
+
     if spec["kind"] != "huggingface":
         raise InputError(
-            f"model {name!r}: unknown kind {spec['kind']!r}; use 'huggingface' or 'random'"
+            f"model {name!r}: unknown kind {spec['kind']!r}; use 'huggingface', 'random' or "
+            "'lowlevel'"
         )
     if "source" not in spec:
         raise InputError(f"model {name!r}: 'source' (local folder or Hugging Face id) is required")
@@ -241,6 +253,8 @@ def prepare(spec: dict, stimuli: pd.DataFrame, *, name: str = "model") -> Job:
             f"model {name!r} is an {modality} model but the stimuli are "
             f"{'words' if kind == 'narrative' else kind}"
         )
+    from alignment.features import huggingface  # torch: only network models need it
+
     loaded = huggingface.load(
         spec["source"],
         revision=spec["revision"],
@@ -390,6 +404,80 @@ def prepare(spec: dict, stimuli: pd.DataFrame, *, name: str = "model") -> Job:
     return job
 
 
+def _lowlevel_job(name, spec, kind, stimuli, ids, row_dim, coords, base_attrs) -> Job:
+    """Plan the low-level descriptors of a stimulus set (:mod:`alignment.features.lowlevel`)."""
+    from alignment.features import lowlevel
+
+    stim_modality = "image" if kind == "images" else "text"
+    if spec["modality"] != stim_modality or kind == "sentences":
+        raise InputError(
+            f"model {name!r}: lowlevel features exist for images (image modality) and "
+            f"narratives (text modality), not {kind} with modality {spec['modality']!r}"
+        )
+    n_bands = int(spec.get("n_bands", 4))
+    resolved, extra = {}, {}
+    if kind == "narrative":
+        names = list(lowlevel.TEXT_LAYERS)
+        values, extra = lowlevel.text_features(stimuli, spec.get("phones"))
+        if spec.get("phones"):
+            files = lowlevel.phone_files(spec["phones"], stimuli["run"]).values()
+            resolved["phones"] = lowlevel.files_digest(files)
+
+        def batches(start, batch_size):
+            for a in range(start, len(ids), batch_size):
+                b = min(a + batch_size, len(ids))
+                yield a, b, {i: values[n][a:b] for i, n in enumerate(names)}
+
+    else:
+        from PIL import Image
+
+        from alignment.stimuli.images import load_images
+
+        names = list(lowlevel.IMAGE_LAYERS)
+        lowlevel.band_edges(n_bands)  # validates n_bands
+        paths = stimuli["path"].tolist()
+        size = spec["image_size"]
+
+        def batches(start, batch_size):
+            for a in range(start, len(ids), batch_size):
+                b = min(a + batch_size, len(ids))
+                rows = []
+                for img in load_images(paths[a:b], lazy=True)[:]:
+                    if size:
+                        img = img.resize((int(size), int(size)), Image.Resampling.BICUBIC)
+                    rows.append(lowlevel.image_descriptors(np.asarray(img), n_bands))
+                yield (
+                    a,
+                    b,
+                    {
+                        i: np.stack([r[n] for r in rows]).astype(np.float32)
+                        for i, n in enumerate(names)
+                    },
+                )
+
+    key = cache_key(spec, resolved)
+    attrs = {
+        **base_attrs,
+        "model_source": "lowlevel",
+        "model_revision": f"lowlevel-{__version__}",
+        "untrained": False,
+        "control": 0,
+        "n_hidden_states": len(names),
+        "n_layers": len(names),
+        "cache_key": key,
+        "dtype": "float32",
+        "descriptors": names,
+        **extra,
+    }
+    if kind == "images":
+        attrs["n_bands"] = n_bands
+    job = Job(name, spec, kind, row_dim, ids, coords, list(range(len(names))), len(names), attrs,
+              key, batches)  # fmt: skip
+    job.layer_names = dict(enumerate(names))
+    job.unit_names = {i: lowlevel.unit_names(n, n_bands) for i, n in enumerate(names)}
+    return job
+
+
 def _encoder_context(runs, context_words: int) -> np.ndarray:
     out = np.zeros(len(runs), int)
     for i in range(len(runs)):
@@ -436,7 +524,7 @@ def extract_features(
         for i in job.indices:
             parts[i].append(arrays[i])
         done = b
-    layers = {layer_name(i): job.data_array(i, np.concatenate(parts[i])) for i in job.indices}
+    layers = {job.name_of(i): job.data_array(i, np.concatenate(parts[i])) for i in job.indices}
     return layers, job.final_attrs()
 
 

@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from alignment.features.spec import layer_name
 from alignment.io import InputError, _clean_attrs, write_json
 
 log = logging.getLogger(__name__)
@@ -99,7 +98,7 @@ def write_store(job, out, *, progress=None, batch_size: int | None = None) -> di
     def open_arrays(first: dict | None, create: bool):
         nonlocal chunk_rows
         for i in job.indices:
-            group = layer_name(i)
+            group = job.name_of(i)
             if not create:
                 arrays[i] = zarr.open_array(str(tmp / group / "features"), mode="r+")
                 continue
@@ -160,7 +159,7 @@ def write_store(job, out, *, progress=None, batch_size: int | None = None) -> di
     # per-row coordinates known only now (e.g. context length per word), layer and root attrs
     attrs = _clean_attrs(job.final_attrs())
     for i in job.indices:
-        group = layer_name(i)
+        group = job.name_of(i)
         g = zarr.open_group(str(tmp / group), mode="a")
         late = {k: v for k, v in job.row_coords().items() if k not in job.coords}
         if late:
@@ -172,7 +171,7 @@ def write_store(job, out, *, progress=None, batch_size: int | None = None) -> di
             g["features"].attrs["token_grid"] = list(job.info["token_grid"])
         g.attrs.update({**attrs, "layer": group, "layer_index": int(i)})
     root = zarr.open_group(str(tmp), mode="a")
-    root.attrs.update({**attrs, "layers": [layer_name(i) for i in job.indices]})
+    root.attrs.update({**attrs, "layers": [job.name_of(i) for i in job.indices]})
     if "token_grid" in job.info:
         root.attrs["token_grid"] = list(job.info["token_grid"])
     prog.unlink()

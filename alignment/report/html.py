@@ -22,6 +22,7 @@ import xarray as xr
 
 from alignment import dims
 from alignment.io import write_text
+from alignment.report.banded import banded_section
 from alignment.report.tables import load_scores, roi_table
 from alignment.viz.brainmaps import (
     SURFACE_SPACES,
@@ -879,6 +880,7 @@ def render_subject_report(
         body.append(_overview_html(entries, truth))
         for s, anchor in entries:
             body.append(_model_section(s, anchor, truth, dpi))
+            body.append(banded_section(s, dpi))  # per-space R² of banded ridge (else empty)
             body.append(_gain_html(s, [e for e, _ in entries], dpi))
             body.append(_attention_html(s, attention, dpi))
 

@@ -16,8 +16,12 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
 import io as _io
+import os
+import zipfile
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import matplotlib
 import numpy as np
@@ -29,7 +33,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from alignment import dims
-from alignment.io import InputError
+from alignment.io import InputError, atomic_path
 
 __all__ = [
     "ALL_VOXELS",
@@ -70,6 +74,7 @@ _GRID_VIEWS = ("left lateral", "right lateral", "left medial", "right medial")
 _VENTRAL_GAP = 6.0  # mm between the two hemispheres in the ventral view
 _MAX_LEGEND_ENTRIES = 12
 _PX_PER_MM = 2.4  # resolution of the cached face-index images (about 2x the shown size)
+_RENDER_VERSION = 1  # bump when _view_geometry or _face_id_image change what they compute
 
 
 # --------------------------------------------------------------------------------------------
@@ -400,11 +405,72 @@ def _face_id_image(space: str, view: str, mesh: str | None = None) -> np.ndarray
     return ids
 
 
+def _cache_dir() -> Path | None:
+    """Folder of the on-disk render cache (``$ALIGNMENT_CACHE_DIR``, default
+    ``~/.cache/alignment``); None when the variable is set empty (no disk cache)."""
+    value = os.environ.get("ALIGNMENT_CACHE_DIR")
+    if value is None:
+        return Path.home() / ".cache" / "alignment"
+    return Path(value) if value else None
+
+
+def _mesh_identity(space: str, mesh: str | None) -> str:
+    """What a cached render depends on: the surface files (or nilearn's version) and the code."""
+    if mesh is None:
+        import nilearn
+
+        source = f"nilearn-{nilearn.__version__}"
+    else:
+        surf = _surf_dir(mesh)
+        stats = [(surf / f).stat() for f in ("lh.inflated", "rh.inflated")]
+        source = f"{surf.resolve()}:" + ",".join(f"{st.st_size}-{st.st_mtime_ns}" for st in stats)
+    return f"{_RENDER_VERSION}|{matplotlib.__version__}|{_PX_PER_MM}|{space}|{source}"
+
+
+@functools.lru_cache(maxsize=16)
+def _view_render(space: str, view: str, mesh: str | None = None) -> dict[str, np.ndarray]:
+    """Everything a map of one view needs, read from the disk cache when there.
+
+    Loading the mesh and painting the face-index image cost seconds per process; every report
+    job would pay them again. The cache entry's name hashes :func:`_mesh_identity`, so a new
+    mesh, renderer or matplotlib version renders afresh. Written atomically (parallel jobs).
+    """
+    folder = _cache_dir()
+    path = None
+    if folder is not None:
+        digest = hashlib.sha1(f"{_mesh_identity(space, mesh)}|{view}".encode()).hexdigest()[:16]
+        path = folder / "brainmaps" / f"{space}-{view.replace(' ', '-')}-{digest}.npz"
+        if path.exists():
+            try:
+                with np.load(path) as z:
+                    return {k: z[k] for k in z.files}
+            except (OSError, ValueError, zipfile.BadZipFile):
+                pass  # a damaged entry is rendered again below
+    _polys, faces, shade, grey, xlim, ylim, labels = _view_geometry(space, view, mesh)
+    surface = _mesh(space, mesh)
+    out = {
+        "faces": faces,
+        "shade": shade,
+        "grey": grey,
+        "xlim": np.asarray(xlim, dtype=float),
+        "ylim": np.asarray(ylim, dtype=float),
+        "label_names": np.asarray([name for name, _x, _y in labels], dtype=str),
+        "label_xy": np.asarray([(x, y) for _n, x, y in labels], dtype=float).reshape(-1, 2),
+        "n_vertices": np.asarray([surface[h][0].shape[0] for h in HEMIS], dtype=np.int64),
+        "ids": _face_id_image(space, view, mesh).astype(np.int32),
+    }
+    if path is not None:
+        try:
+            with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+                np.savez(fh, **out)
+        except OSError:
+            pass  # a read-only home only costs the time
+    return out
+
+
 def _vertex_array(values, hemi, vertex, space: str, mesh: str | None = None) -> np.ndarray:
     """Scatter per-voxel values into one NaN-filled array over [left, right] mesh vertices."""
-    surface = _mesh(space, mesh)
-    n_left = surface["left"][0].shape[0]
-    n_right = surface["right"][0].shape[0]
+    n_left, n_right = (int(n) for n in _view_render(space, "ventral", mesh)["n_vertices"])
     values = np.asarray(values, dtype=float).ravel()
     hemi = np.asarray(hemi).astype(str).ravel()
     vertex = np.asarray(vertex).ravel()
@@ -528,7 +594,9 @@ def plot_surface_map(
         codes, labels = _categories(full, categorical_labels)
         n_cat = len(codes)
         palette = [cmap(x) for x in (np.linspace(0, 1, n_cat) if n_cat > 1 else [0.5])]
-        lookup = {float(c): i for i, c in enumerate(codes)}
+        code_values = np.asarray([float(c) for c in codes])
+        code_order = np.argsort(code_values, kind="stable")
+        sorted_codes = code_values[code_order]
         norm = None
     else:
         lo = np.nanpercentile(finite, 2) if finite.size else 0.0
@@ -567,18 +635,19 @@ def plot_surface_map(
 
     for view, spec in placed:
         ax = fig.add_subplot(spec)
-        _, faces, shade, grey, xlim, ylim, hemi_labels = _view_geometry(space, view, mesh)
+        render = _view_render(space, view, mesh)
+        faces, shade, grey, ids = render["faces"], render["shade"], render["grey"], render["ids"]
+        xlim, ylim = tuple(render["xlim"]), tuple(render["ylim"])
         fv = _face_values(full, faces, categorical)
         rgb = np.repeat(grey[:, None], 3, axis=1)
         has = np.isfinite(fv)
         if has.any():
             if categorical:
-                idx = np.array([lookup[float(x)] for x in fv[has]])
-                rgb[has] = np.asarray(palette)[idx, :3]
+                idx = np.searchsorted(sorted_codes, fv[has])
+                rgb[has] = np.asarray(palette)[code_order[idx], :3]
             else:
                 rgb[has] = cmap(norm(fv[has]))[:, :3]
         rgb *= shade[:, None]
-        ids = _face_id_image(space, view, mesh)
         image = np.zeros((*ids.shape, 4))
         inside = ids >= 0
         image[inside, :3] = rgb[ids[inside]]
@@ -592,8 +661,10 @@ def plot_surface_map(
             0.5, 0.0, view, transform=ax.transAxes, ha="center", va="top", fontsize=8,
             color="0.35",
         )  # fmt: skip
-        for name, x, _y in hemi_labels:
-            ax.text(x, ylim[1], name[0].upper(), ha="center", va="top", fontsize=9, color="0.3")
+        for name, x in zip(render["label_names"], render["label_xy"][:, 0], strict=True):
+            ax.text(
+                x, ylim[1], str(name)[0].upper(), ha="center", va="top", fontsize=9, color="0.3"
+            )
 
     if title:
         fig.suptitle(title, fontsize=10.5, y=1 - 0.08 / fig_h, va="top")

@@ -29,6 +29,22 @@ def is_rsa(encoder):
     return config["encoders"][encoder].get("kind") == "rsa"
 
 
+def banded_models(encoder):
+    """The models whose features a banded encoder's spaces read (first space first), else []."""
+    spec = config["encoders"][encoder]
+    if spec.get("kind") != "banded":
+        return []
+    return list(dict.fromkeys(space["model"] for space in spec["spaces"]))
+
+
+def encoder_models(encoder, model):
+    """The models an encoder runs on: its `models`, a banded encoder's first space (its Scores
+    live under that model), else every model it accepts."""
+    if banded_models(encoder):
+        return banded_models(encoder)[:1]
+    return config["encoders"][encoder].get("models", [model])
+
+
 def dataset_pairs(dataset):
     """(model, encoder) pairs of a dataset: each encoder runs on the models whose features it
     takes (pooled features feed ridge, patch tokens feed the routing encoder)."""
@@ -39,7 +55,7 @@ def dataset_pairs(dataset):
         for encoder in dataset_encoders(dataset)
         if not is_rsa(encoder)
         and accepts(config["encoders"][encoder], config["models"][model], spec["kind"])
-        and model in config["encoders"][encoder].get("models", [model])
+        and model in encoder_models(encoder, model)
     ]
 
 
@@ -77,7 +93,12 @@ def encoder_inputs(wildcards):
                 f"{wildcards.encoder}/heldout-{wildcards.subject}.pt"
             )
         }
-    return {}
+    # banded ridge: the feature stores of its other spaces' models, by model name
+    return {
+        model: f"results/features/{wildcards.dataset}/{model}.zarr"
+        for model in banded_models(wildcards.encoder)
+        if model != wildcards.model
+    }
 
 
 def incontext_training_responses(dataset, subject):
@@ -264,6 +285,12 @@ def encode_hash(wildcards):
             "stats": stats_spec(wildcards.dataset),
             "timeseries": timeseries_spec(wildcards.dataset),
             "on_bad_voxels": DATASETS[wildcards.dataset].get("on_bad_voxels", "error"),
+            # a banded encoder's other spaces (absent otherwise, so other hashes are unchanged)
+            **(
+                {"spaces": {m: config["models"][m] for m in banded_models(wildcards.encoder)}}
+                if banded_models(wildcards.encoder)
+                else {}
+            ),
         }
     )
 
