@@ -288,6 +288,7 @@ def predict_weights(
     return_attention: bool = False,
     dtype: torch.dtype | str | None = "auto",
     progress: bool = False,
+    compile: bool = False,
 ):
     """(w, b) of every voxel from one shared context, in voxel batches; no gradient step.
 
@@ -307,6 +308,9 @@ def predict_weights(
     dtype : torch.dtype, "auto" or None
         Compute dtype; ``auto`` = bfloat16 on CUDA (weights cast once, flash attention),
         float32 on the CPU.
+    compile : bool
+        Run the network through ``torch.compile`` (fused elementwise kernels); falls back to
+        eager mode, with a warning, where compilation fails.
 
     Returns
     -------
@@ -329,11 +333,19 @@ def predict_weights(
     W = torch.empty(n_vox, Xt.shape[1], device=device)
     B = torch.empty(n_vox, device=device)
     A = torch.empty(n_vox, Xt.shape[0], device=device) if return_attention else None
+    runner = torch.compile(net) if compile else net
     starts = range(0, n_vox, int(batch_voxels))
     for start in tqdm(starts, desc="in-context (w, b)", unit="batch", disable=not progress):
         stop = min(start + int(batch_voxels), n_vox)
         yb = Yt[:, start:stop].T  # (B, S); the context images Xt are shared by the batch
-        out = net(Xt, yb, return_attention=return_attention)
+        try:
+            out = runner(Xt, yb, return_attention=return_attention)
+        except Exception as err:  # a compiler missing or failing: eager mode, same numbers
+            if runner is net:
+                raise
+            log.warning("torch.compile failed (%s); running in eager mode", err)
+            runner = net
+            out = runner(Xt, yb, return_attention=return_attention)
         W[start:stop] = out[0].float()
         B[start:stop] = out[1].float()
         if return_attention:
