@@ -719,10 +719,10 @@ class InContextEncoder(RegressorMixin, BaseEstimator):
     ----------
     checkpoint : str or Checkpoint
         Meta-trained checkpoint (path, or a loaded one).
-    batch_voxels : int
-        Voxels per forward pass.
+    batch_voxels : int or "auto"
+        Voxels per forward pass (``auto``: from free memory on CUDA, 64 on the CPU).
     device : str
-        ``auto`` = CUDA when present.
+        ``auto`` = CUDA when present (then bfloat16 weights and flash attention).
     return_attention : bool
         Keep token 0's attention over the context images (``context_attention_``).
 
