@@ -305,57 +305,101 @@ def cmd_meta_train(args) -> None:
 def cmd_fewshot(args) -> None:
     import numpy as np
 
-    from alignment.encoders.incontext import describe_checkpoint, scaling_curve
+    from alignment.encoders.incontext import (
+        context_attention_table,
+        describe_checkpoint,
+        scaling_curve,
+    )
     from alignment.io import write_text
 
     spec = args.encoder_spec
     data, ckpt, feat_attrs = _incontext_subject(args, spec)
     # with ROIs, the curve is summarised over the ROIs' voxels only (and costs that much)
     roi = data.get("roi")
-    keep = slice(None)
+    keep = np.arange(data["Y"].shape[1])
     if roi is not None and (np.asarray(roi).astype(str) != "none").any():
-        keep = np.asarray(roi).astype(str) != "none"
+        keep = np.flatnonzero(np.asarray(roi).astype(str) != "none")
+    roi_kept = None if roi is None else np.asarray(roi)[keep]
+    Y = data["Y"][:, keep]
+    seed = args.cv.get("random_state", 0)
+    cache: dict = {}  # in-context fits by (N, fold): shared by scaling, decoding and attention
     table = scaling_curve(
         data["X"],
-        data["Y"][:, keep],
+        Y,
         data["folds"],
         ckpt,
         spec.get("scaling", {}).get("n_context", [10, 30, 100, 300, 1000]),
         ridge_spec=args.ridge_spec,
         inner_folds=args.cv.get("inner_folds", 3),
-        roi=None if roi is None else np.asarray(roi)[keep],
-        random_state=args.cv.get("random_state", 0),
+        roi=roi_kept,
+        random_state=seed,
         device=args.device,
+        cache=cache,
     )
     table = _tidy_attrs(table, data, feat_attrs, args)
     table["checkpoint_model"] = describe_checkpoint(ckpt)
     write_text(args.out, table.to_csv(sep="\t", index=False))
+    if args.decoding_out:
+        write_text(
+            args.decoding_out, _decoding_table(args, spec, data, ckpt, feat_attrs, keep, cache)
+        )
+    if args.attention_out:
+        stimuli = None
+        if args.stimuli:
+            from alignment.stimuli.images import read_image_table
+
+            stimuli = read_image_table(args.stimuli)
+        att = context_attention_table(
+            data["X"],
+            Y,
+            data["folds"],
+            ckpt,
+            ids=data["ids"],
+            roi=roi_kept,
+            voxel=keep,
+            k=int(spec.get("attention_top", 5)),
+            random_state=seed,
+            device=args.device,
+            cache=cache,
+            stimuli=stimuli,
+        )
+        for c in ("hemi", "vertex"):
+            if c in data:
+                att.insert(2, c, np.asarray(data[c])[att["voxel"].to_numpy()])
+        att = _tidy_attrs(att, data, feat_attrs, args)
+        write_text(args.attention_out, att.to_csv(sep="\t", index=False))
+
+
+def _decoding_table(args, spec, data, ckpt, feat_attrs, keep, cache=None) -> str:
+    from alignment.decoding import decoding_curve
+
+    dec = spec.get("decoding", {})
+    table = decoding_curve(
+        data["X"],
+        data["Y"][:, keep],
+        data["folds"],
+        ckpt,
+        n_voxels=dec.get("n_voxels", [10, 30, 100, 300, 1000]),
+        n_context=dec.get("eval_context", [30, 100, 1000]),
+        random_state=args.cv.get("random_state", 0),
+        device=args.device,
+        cache=cache,
+    )
+    return _tidy_attrs(table, data, feat_attrs, args).to_csv(sep="\t", index=False)
 
 
 def cmd_decode(args) -> None:
     import numpy as np
 
-    from alignment.encoders.decoding import decoding_curve
     from alignment.io import write_text
 
     spec = args.encoder_spec
     data, ckpt, feat_attrs = _incontext_subject(args, spec)
-    dec = spec.get("decoding", {})
     roi = data.get("roi")
-    mask = None if roi is None else np.asarray(roi).astype(str) != "none"
-    table = decoding_curve(
-        data["X"],
-        data["Y"],
-        data["folds"],
-        ckpt,
-        n_voxels=dec.get("n_voxels", [10, 30, 100, 300, 1000]),
-        n_context=dec.get("eval_context", [30, 100, 1000]),
-        voxel_mask=mask if mask is not None and mask.any() else None,
-        random_state=args.cv.get("random_state", 0),
-        device=args.device,
-    )
-    table = _tidy_attrs(table, data, feat_attrs, args)
-    write_text(args.out, table.to_csv(sep="\t", index=False))
+    keep = np.arange(data["Y"].shape[1])
+    if roi is not None and (np.asarray(roi).astype(str) != "none").any():
+        keep = np.flatnonzero(np.asarray(roi).astype(str) != "none")
+    write_text(args.out, _decoding_table(args, spec, data, ckpt, feat_attrs, keep))
 
 
 def cmd_query(args) -> None:
@@ -701,6 +745,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fewshot", help="in-context vs ridge on N context images (scaling curve)")
     incontext_common(p)
     p.add_argument("--ridge-spec", type=_json, default={}, help="ridge parameters (JSON)")
+    p.add_argument(
+        "--decoding-out",
+        help="also decode (as `alignment decode`) from the same in-context fits: TSV",
+    )
+    p.add_argument(
+        "--attention-out",
+        help="TSV: the context images each voxel's token 0 attends to most",
+    )
+    p.add_argument("--stimuli", help="stimulus table (category and path for --attention-out)")
     p.set_defaults(func=cmd_fewshot)
 
     p = sub.add_parser("decode", help="in-context decoding (BrainCoDec) vs analytic inversion")

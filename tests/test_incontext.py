@@ -8,6 +8,7 @@ true prior (closed form) and the oracle.
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -15,16 +16,16 @@ import pytest
 import torch
 import xarray as xr
 
-from alignment.encoders import EncoderContext, make_encoder
-from alignment.encoders import incontext as ic
-from alignment.encoders import synthetic as syn
-from alignment.encoders.decoding import (
+from alignment.data import synthetic_voxels as syn
+from alignment.decoding import (
     analytic_inversion,
     decode,
     meta_train_decoder,
     retrieval_accuracy,
     select_voxels,
 )
+from alignment.encoders import EncoderContext, make_encoder
+from alignment.encoders import incontext as ic
 from alignment.encoders.ridge import RidgeEncoder
 from alignment.io import InputError
 
@@ -121,14 +122,22 @@ def test_bayes_estimator_is_the_closed_form_posterior_mean():
 
 
 def test_few_shot_beats_ridge_and_approaches_bayes(trained):
+    evs = {n: _evs(trained, n) for n in (10, 30, 100)}
+    for n, e in evs.items():
+        print(
+            f"N={n}: in-context {e['incontext']:.3f}, ridge {e['ridge']:.3f}, Bayes "
+            f"{e['bayes']:.3f}, oracle {e['oracle']:.3f}; in-context / ridge "
+            f"{e['incontext'] / e['ridge']:.2f} (Bayes / ridge {e['bayes'] / e['ridge']:.2f}), "
+            f"fraction of Bayes {e['incontext'] / e['bayes']:.2f}"
+        )
+    # N=10: far above ridge (which has too few images for 17 parameters)
+    assert evs[10]["incontext"] >= 1.5 * max(evs[10]["ridge"], 0.0) + 0.05
+    # N=30: above ridge; 1.5x is out of reach here, since the Bayes posterior mean itself, the
+    # best any estimator does on average, is only ~1.4x cross-validated ridge at N=30 with E=16
+    assert evs[30]["incontext"] > 1.1 * evs[30]["ridge"]
+    assert evs[30]["bayes"] < 1.5 * evs[30]["ridge"]
     for n in (10, 30):
-        evs = _evs(trained, n)
-        frac = evs["incontext"] / evs["bayes"]
-        print(f"N={n}: {evs}, fraction of Bayes EV reached {frac:.2f}")
-        assert evs["incontext"] > evs["ridge"] + 0.02
-        assert frac > 0.7
-        if n == 10:
-            assert evs["incontext"] >= 1.5 * max(evs["ridge"], 0.0) + 0.05
+        assert evs[n]["incontext"] > 0.78 * evs[n]["bayes"]
 
 
 def test_converges_toward_the_oracle_as_context_grows(trained):
@@ -166,29 +175,51 @@ def test_output_is_invariant_to_context_order(trained):
     assert ic.top_context_images(att, 3).shape == (Y.shape[1], 3)
 
 
+def test_batched_pass_shares_the_context_and_runs_in_bfloat16(trained):
+    # one context for every voxel of a batch (the image part of the tokens computed once) gives
+    # what a per-voxel copy of the context gives; bf16 weights (the CUDA default) stay close
+    X, Y, _, _ = trained["test"]
+    model = trained["ckpt"].model
+    x, y = torch.as_tensor(X[:40]), torch.as_tensor(Y[:40, :6].T)
+    with torch.no_grad():
+        shared, copied = model(x, y), model(x.expand(6, -1, -1), y)
+    for a, b in zip(shared, copied, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    W, b = ic.predict_weights(model, X[:40], Y[:40, :50], batch_voxels=7, device="cpu")
+    W16, b16 = ic.predict_weights(model, X[:40], Y[:40, :50], device="cpu", dtype=torch.bfloat16)
+    assert np.abs(W16 - W).max() < 0.05 * np.abs(W).max()
+    assert np.abs(b16 - b).max() < 0.05 * np.abs(b).max() + 0.01
+    assert next(model.parameters()).dtype == torch.float32  # the caller's model is untouched
+
+
 def test_decoding_beats_chance_and_the_analytic_inversion_with_few_voxels(trained):
     X, Y, _, _ = trained["test"]
     ckpt = trained["ckpt"]
-    ctx, cand = np.arange(200), np.arange(400, 500)
+    ctx = np.arange(200)
     W, b = ic.predict_weights(ckpt.model, X[ctx], Y[ctx], device="cpu")
     lam = ckpt.extra["decoder_lambda"]
+    # three sets of 100 candidates (chance 1%, 5%): one set's top-5 moves in steps of 0.01
+    sets = [np.arange(400, 500), np.arange(500, 600), np.arange(600, 700)]
     results = {}
     for n_vox in (8, 16, 300):
         sel = select_voxels(W, X[ctx], n_vox)
-        beta = Y[cand][:, sel]
+        acc = {"incontext": [], "analytic": []}
+        for cand in sets:
+            beta = Y[cand][:, sel]
+            pred = decode(ckpt.decoder, W[sel], b[sel], beta, "cpu")
+            acc["incontext"].append(retrieval_accuracy(pred, X[cand]))
+            ana = analytic_inversion(W[sel], b[sel], beta, lam)
+            acc["analytic"].append(retrieval_accuracy(ana, X[cand]))
         results[n_vox] = {
-            "incontext": retrieval_accuracy(
-                decode(ckpt.decoder, W[sel], b[sel], beta, "cpu"), X[cand]
-            ),
-            "analytic": retrieval_accuracy(analytic_inversion(W[sel], b[sel], beta, lam), X[cand]),
+            m: {k: float(np.mean([r[k] for r in rs])) for k in rs[0]} for m, rs in acc.items()
         }
     print({n: {m: (r["top1"], r["top5"]) for m, r in d.items()} for n, d in results.items()})
     chance = results[300]["incontext"]["chance_top1"]
     assert results[300]["incontext"]["top1"] > 10 * chance
     assert results[300]["analytic"]["top1"] > 10 * chance
-    for n_vox in (8, 16):
-        r = results[n_vox]
-        assert r["incontext"]["top5"] > r["analytic"]["top5"]
+    few = [results[n] for n in (8, 16)]
+    assert np.mean([r["incontext"]["top5"] - r["analytic"]["top5"] for r in few]) > 0.02
+    assert results[16]["incontext"]["top5"] > results[16]["analytic"]["top5"]
 
 
 def test_registry_builds_it_from_the_checkpoint_and_refuses_other_embeddings(trained):
@@ -386,6 +417,58 @@ def test_query_cli_end_to_end_and_held_out_check(trained, tiny_clip, tmp_path):
     assert main(bad) == 2
 
 
+def test_fewshot_cli_shares_its_fits_with_decoding_and_attention(trained, tmp_path):
+    # one fewshot job writes the scaling curve, the decoding table and token 0's attention from
+    # one set of in-context fits: the decoding table equals `alignment decode`'s, which fits anew
+    import pandas as pd
+
+    from alignment.cli import main
+    from alignment.io import write_netcdf, write_zarr_layers
+
+    X, Y, _, _ = trained["test"]
+    n = 90
+    ids = np.array([f"img{i:03d}" for i in range(n)])
+    layer = xr.DataArray(
+        X[:n], dims=("stimulus", "unit"), coords={"stimulus_id": ("stimulus", ids)}
+    )
+    write_zarr_layers({"layer_00": layer}, tmp_path / "f.zarr", dict(EMBEDDING))
+    resp = _responses(X[:n], Y[:n, :24], "04", ids)
+    resp = resp.assign_coords(roi=("voxel", np.array(["a"] * 12 + ["b"] * 8 + ["none"] * 4)))
+    write_netcdf(resp, tmp_path / "sub-04.nc")
+    spec = {
+        "scaling": {"n_context": [10, 30]},
+        "decoding": {"n_voxels": [8], "eval_context": [30]},
+        "attention_top": 3,
+    }
+    common = [
+        "--responses", str(tmp_path / "sub-04.nc"), "--features", str(tmp_path / "f.zarr"),
+        "--checkpoint", str(trained["path"]), "--encoder-spec", json.dumps(spec),
+        "--cv", json.dumps({"n_folds": 3}), "--device", "cpu",
+    ]  # fmt: skip
+    out = {k: tmp_path / f"{k}.tsv" for k in ("fewshot", "decoding", "attention", "decode")}
+    argv = ["fewshot", *common, "--ridge-spec", json.dumps({"alphas": [1.0, 100.0]})]
+    argv += ["--decoding-out", str(out["decoding"]), "--attention-out", str(out["attention"])]
+    assert main([*argv, "--out", str(out["fewshot"])]) == 0
+    assert main(["decode", *common, "--out", str(out["decode"])]) == 0
+    shared, alone = (pd.read_csv(out[k], sep="\t") for k in ("decoding", "decode"))
+    pd.testing.assert_frame_equal(shared, alone)
+    assert set(shared["n_context"]) == {30, 60} and set(shared["method"]) == {
+        "incontext",
+        "analytic",
+    }
+    att = pd.read_csv(out["attention"], sep="\t")
+    # the 20 ROI voxels (none of the 4 outside), 3 images each, most attended first
+    assert len(att) == 20 * 3 and set(att["roi"]) == {"a", "b"}
+    assert (att.groupby("voxel")["attention"].apply(lambda a: a.is_monotonic_decreasing)).all()
+    assert att["attention"].between(0, 1).all() and att["uniform"].iloc[0] == pytest.approx(1 / 60)
+    assert att["stimulus_id"].isin(ids).all()
+    # the voxel's EV is the in-context EV pooled over folds at the largest N of the curve
+    curve = pd.read_csv(out["fewshot"], sep="\t")
+    full = curve[(curve["encoder"] == "incontext") & (curve["n_context"] == 60)]
+    ev_a = att[att["roi"] == "a"].drop_duplicates("voxel")["ev"].mean()
+    assert ev_a == pytest.approx(full.set_index("roi").loc["a", "ev_mean"], rel=1e-5)
+
+
 def test_stage_one_prior_is_fitted_to_ridge_weights_of_real_voxels():
     prior = syn.make_prior(embed_dim=8, rank=2, noise_sd=0.1, seed=1)
     subjects = [syn.sample_subject(prior, 2000, 3000, seed=s) for s in range(2)]
@@ -449,6 +532,32 @@ def test_report_section_shows_the_scaling_curve_and_decoding(tmp_path):
     section = incontext_section([tmp_path / "fewshot.tsv", tmp_path / "decoding.tsv"], dpi=40)
     assert section.count("<img") == 2 and "The model is small" in section
     assert "width 48, depth 2" in section and "analytic" in section
+    # token 0's most attended context images: the best voxels of each ROI, with thumbnails
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(tmp_path / "face.png")
+    att = pd.DataFrame(
+        {
+            "model": "m",
+            "voxel": [0, 0, 1, 1, 2, 2],
+            "hemi": "left",
+            "vertex": [10, 10, 11, 11, 12, 12],
+            "roi": ["faces"] * 4 + ["early"] * 2,
+            "rank": [0, 1] * 3,
+            "stimulus_id": ["img1", "img2"] * 3,
+            "attention": [0.3, 0.1] * 3,
+            "uniform": 0.01,
+            "ev": [0.5, 0.5, 0.1, 0.1, 0.2, 0.2],
+            "category": ["face", "house"] * 3,
+            "path": [str(tmp_path / "face.png"), str(tmp_path / "missing.png")] * 3,
+        }
+    )
+    att.to_csv(tmp_path / "attention.tsv", sep="\t", index=False)
+    paths = [tmp_path / f"{k}.tsv" for k in ("fewshot", "decoding", "attention")]
+    section = incontext_section(paths, dpi=40)
+    table = section[section.index("Most attended") :]
+    assert table.count("<tr>") == 1 + 3 and table.count("<img") == 3  # one readable image each
+    assert "30.0&times; uniform" in table and table.index("left 10") < table.index("left 11")
     assert incontext_section([]) == ""
     # the subject report places it before the provenance
     scores = xr.Dataset(

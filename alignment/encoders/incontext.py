@@ -68,6 +68,7 @@ class InContextConfig:
     dropout: float = 0.5
     n_registers: int = 4
     log_scale: bool = True
+    standardise: bool = True
 
     def __post_init__(self):
         if self.width is None:
@@ -162,9 +163,9 @@ class Block(nn.Module):
         attn_weights = None
         if return_attention:
             scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
-            probs = scores.softmax(-1)
+            probs = scores.float().softmax(-1)
             attn_weights = probs.mean(1)  # (B, Lq, L), averaged over heads
-            out = probs @ v
+            out = probs.to(v.dtype) @ v
         else:
             drop = self.drop.p if self.training else 0.0
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
@@ -190,26 +191,61 @@ class InContextHypernet(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(d)
         self.head = ResidualMLP(d, 2 * d, e + 1, cfg.dropout)
+        # the head starts at (w, b) = 0, the prediction of a voxel's mean: meta-training then
+        # starts from a loss of Var(y) instead of the huge one of random weights
+        for lin in (self.head.main[-1], self.head.bypass):
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
         # unit-norm x has coordinates of size 1/sqrt(E); tokens and weights work in units of
         # sqrt(E) x, so that a voxel of unit response variance has weights of order one
         self.x_scale = math.sqrt(e)
 
     def encode_tokens(self, x, y):
-        tokens = self.tokenizer(torch.cat([x * self.x_scale, y.unsqueeze(-1)], dim=-1))
-        reg = self.registers.unsqueeze(0).expand(tokens.shape[0], -1, -1)
+        """Tokens of the context pairs, registers first: (B, R + S, D).
+
+        ``x`` is (B, S, E), or (S, E) for a context shared by every voxel of the batch: then
+        the image part of the tokenizer's linear bypass is computed once for all voxels.
+        """
+        tok = self.tokenizer
+        xs = x * self.x_scale
+        n = y.shape[0]
+        if x.dim() == 2:
+            w_x, w_y = tok.bypass.weight[:, :-1], tok.bypass.weight[:, -1]
+            shared = F.linear(xs, w_x, tok.bypass.bias)  # (S, D), once for all voxels
+            bypass = shared.unsqueeze(0) + y.unsqueeze(-1) * w_y
+            xs = xs.unsqueeze(0).expand(n, -1, -1)
+        else:
+            bypass = None
+        pairs = torch.cat([xs, y.unsqueeze(-1)], dim=-1)
+        tokens = tok.main(pairs) + (tok.bypass(pairs) if bypass is None else bypass)
+        reg = self.registers.unsqueeze(0).expand(n, -1, -1)
         return torch.cat([reg, tokens], dim=1)
 
     def forward(self, x, y, return_attention: bool = False):
-        h = self.encode_tokens(x, y)
+        """x (B, S, E) or (S, E) shared by the batch, y (B, S) -> w (B, E), b (B,)."""
+        dtype = self.registers.dtype
+        y = y.float()
+        if self.cfg.standardise:
+            # each voxel's context responses are z-scored and its (w, b) scaled back: the
+            # network sees every voxel at one scale (exactly equivariant to y -> a y + c)
+            loc = y.mean(1, keepdim=True)
+            if y.shape[1] > 1:
+                scale = y.std(1, keepdim=True).clamp_min(1e-6)
+            else:
+                scale = torch.ones_like(loc)
+            y = (y - loc) / scale
+        h = self.encode_tokens(x.to(dtype), y.to(dtype))
         attention = None
         for i, block in enumerate(self.blocks):
             last = i == len(self.blocks) - 1
             h, a = block(h, first_only=last, return_attention=last and return_attention)
             if a is not None:
                 attention = a[:, 0, self.cfg.n_registers :]  # token 0 -> context images
-        out = self.head(self.norm(h[:, 0]))
+        out = self.head(self.norm(h[:, 0])).float()
         w = out[:, :-1] * self.x_scale
         b = out[:, -1]
+        if self.cfg.standardise:
+            w, b = w * scale, b * scale[:, 0] + loc[:, 0]
         return (w, b, attention) if return_attention else (w, b)
 
 
@@ -229,17 +265,30 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def _auto_batch_voxels(model: InContextHypernet, n_context: int, device: torch.device, itemsize):
+    """Voxels per forward pass: from free GPU memory on CUDA; a cache-sized batch on the CPU."""
+    if device.type != "cuda":
+        return 64
+    free, _ = torch.cuda.mem_get_info(device)
+    cfg = model.cfg
+    tokens = n_context + cfg.n_registers
+    # live activations of one voxel in one block: tokens x (qkv 3D + SwiGLU 2H + H + a few D)
+    per_voxel = tokens * (6 * cfg.width + 3 * cfg.ffn_hidden + cfg.embed_dim) * itemsize
+    return int(max(1, min(8192, 0.5 * free // max(per_voxel, 1))))
+
+
 @torch.no_grad()
 def predict_weights(
     model: InContextHypernet,
     X: np.ndarray,
     Y: np.ndarray,
     *,
-    batch_voxels: int = 1024,
+    batch_voxels: int | str = "auto",
     device: str | torch.device = "auto",
     return_attention: bool = False,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = "auto",
     progress: bool = False,
+    compile: bool = False,
 ):
     """(w, b) of every voxel from one shared context, in voxel batches; no gradient step.
 
@@ -250,40 +299,67 @@ def predict_weights(
         Unit-norm embeddings of the context images.
     Y : ndarray (n_context, n_voxels)
         Responses of every voxel to them.
-    batch_voxels : int
-        Voxels per forward pass (memory bound).
+    batch_voxels : int or "auto"
+        Voxels per forward pass; ``auto``: from free memory on CUDA, 64 on the CPU.
     device : str or torch.device
     return_attention : bool
         Also return token 0's last-block attention over the context images, (n_voxels,
         n_context).
-    dtype : torch.dtype, optional
-        Autocast dtype (e.g. torch.bfloat16 on a GPU).
+    dtype : torch.dtype, "auto" or None
+        Compute dtype; ``auto`` = bfloat16 on CUDA (weights cast once, flash attention),
+        float32 on the CPU.
+    compile : bool
+        Run the network through ``torch.compile`` (fused elementwise kernels); falls back to
+        eager mode, with a warning, where compilation fails.
 
     Returns
     -------
     W : ndarray (n_voxels, E), b : ndarray (n_voxels,) [, attention]
     """
     device = resolve_device(device) if isinstance(device, str) else device
-    model = model.to(device).eval()
-    Xt = torch.as_tensor(np.asarray(X, dtype=np.float32), device=device)
+    if dtype == "auto":
+        dtype = torch.bfloat16 if device.type == "cuda" else None
+    compute = dtype or torch.float32
+    # a bf16 copy of the weights (no per-call autocast casts); the caller's model is untouched
+    net = model if compute == torch.float32 else _cast_copy(model, compute)
+    net = net.to(device).eval()
+    Xt = torch.as_tensor(np.asarray(X, dtype=np.float32), device=device).to(compute)
     Yt = torch.as_tensor(np.asarray(Y, dtype=np.float32), device=device)
     n_vox = Yt.shape[1]
-    W, B, A = [], [], []
-    starts = range(0, n_vox, batch_voxels)
+    if batch_voxels == "auto":
+        itemsize = torch.finfo(compute).bits // 8
+        batch_voxels = _auto_batch_voxels(net, Xt.shape[0], device, itemsize)
+    # results stay on the device until the end: no host synchronisation inside the loop
+    W = torch.empty(n_vox, Xt.shape[1], device=device)
+    B = torch.empty(n_vox, device=device)
+    A = torch.empty(n_vox, Xt.shape[0], device=device) if return_attention else None
+    runner = torch.compile(net) if compile else net
+    starts = range(0, n_vox, int(batch_voxels))
     for start in tqdm(starts, desc="in-context (w, b)", unit="batch", disable=not progress):
-        yb = Yt[:, start : start + batch_voxels].T  # (B, S)
-        xb = Xt.unsqueeze(0).expand(yb.shape[0], -1, -1)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            out = model(xb, yb, return_attention=return_attention)
-        W.append(out[0].float())
-        B.append(out[1].float())
+        stop = min(start + int(batch_voxels), n_vox)
+        yb = Yt[:, start:stop].T  # (B, S); the context images Xt are shared by the batch
+        try:
+            out = runner(Xt, yb, return_attention=return_attention)
+        except Exception as err:  # a compiler missing or failing: eager mode, same numbers
+            if runner is net:
+                raise
+            log.warning("torch.compile failed (%s); running in eager mode", err)
+            runner = net
+            out = runner(Xt, yb, return_attention=return_attention)
+        W[start:stop] = out[0].float()
+        B[start:stop] = out[1].float()
         if return_attention:
-            A.append(out[2].float())
-    W = torch.cat(W).cpu().numpy()
-    b = torch.cat(B).cpu().numpy()
+            A[start:stop] = out[2].float()
+    W, b = W.cpu().numpy(), B.cpu().numpy()
     if return_attention:
-        return W, b, torch.cat(A).cpu().numpy()
+        return W, b, A.cpu().numpy()
     return W, b
+
+
+def _cast_copy(model: InContextHypernet, dtype: torch.dtype) -> InContextHypernet:
+    import copy
+
+    return copy.deepcopy(model).to(dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -384,12 +460,13 @@ def _train_loop(model, sample_batch, steps, training, device, desc, history):
     model.train()
     t0 = time.perf_counter()
     n_tasks = 0
+    losses = []  # kept on the device: no host synchronisation per step
     bar = tqdm(range(steps), desc=desc, unit="step", mininterval=2.0)
     for step in bar:
         xc, yc, xq, yq = sample_batch()
         w, b = model(xc, yc)
         pred = torch.einsum("bqe,be->bq", xq, w) + b[:, None]
-        loss = F.mse_loss(pred, yq)
+        loss = F.mse_loss(pred.float(), yq.float())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if training.grad_clip:
@@ -397,10 +474,14 @@ def _train_loop(model, sample_batch, steps, training, device, desc, history):
         opt.step()
         sched.step()
         n_tasks += xc.shape[0]
-        history.append({"stage": desc, "step": step, "loss": float(loss.detach())})
-        if step % 25 == 0:
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+        losses.append(loss.detach())
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{float(losses[-1]):.4f}")
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - t0
+    values = torch.stack(losses).float().cpu().tolist() if losses else []
+    history += [{"stage": desc, "step": i, "loss": v} for i, v in enumerate(values)]
     log.info("%s: %d steps, %.1f s, %.0f voxel-tasks/s", desc, steps, elapsed, n_tasks / elapsed)
     return n_tasks / max(elapsed, 1e-9)
 
@@ -410,7 +491,7 @@ def _task_sampler(X_list, Y_list, training: TrainingConfig, device, rng):
     Xs = [torch.as_tensor(X, device=device) for X in X_list]
     Ys = [torch.as_tensor(Y, device=device) for Y in Y_list]
     lo, hi = training.context_range
-    gen = torch.Generator(device="cpu").manual_seed(int(rng.integers(2**31)))
+    gen = torch.Generator(device=device).manual_seed(int(rng.integers(2**31)))
 
     def sample():
         s = int(rng.integers(len(Xs)))
@@ -419,7 +500,7 @@ def _task_sampler(X_list, Y_list, training: TrainingConfig, device, rng):
         n_ctx = int(rng.integers(lo, min(hi, n_img - 1) + 1))
         n_q = min(training.n_query, n_img - n_ctx)
         bsz = training.batch_size
-        order = torch.rand(bsz, n_img, generator=gen).argsort(dim=1).to(device)
+        order = torch.rand(bsz, n_img, generator=gen, device=device).argsort(dim=1)
         ctx, qry = order[:, :n_ctx], order[:, n_ctx : n_ctx + n_q]  # disjoint
         vox = torch.as_tensor(rng.integers(n_vox, size=bsz), device=device)
         yc = Y[ctx, vox[:, None]]
@@ -607,7 +688,7 @@ def load_checkpoint(path, map_location="cpu") -> Checkpoint:
     model.load_state_dict(state["state_dict"])
     decoder = None
     if state.get("decoder"):
-        from alignment.encoders.decoding import InContextDecoder
+        from alignment.decoding import InContextDecoder
 
         decoder = InContextDecoder(InContextConfig(**state["decoder"]["config"]))
         decoder.load_state_dict(state["decoder"]["state_dict"])
@@ -638,10 +719,10 @@ class InContextEncoder(RegressorMixin, BaseEstimator):
     ----------
     checkpoint : str or Checkpoint
         Meta-trained checkpoint (path, or a loaded one).
-    batch_voxels : int
-        Voxels per forward pass.
+    batch_voxels : int or "auto"
+        Voxels per forward pass (``auto``: from free memory on CUDA, 64 on the CPU).
     device : str
-        ``auto`` = CUDA when present.
+        ``auto`` = CUDA when present (then bfloat16 weights and flash attention).
     return_attention : bool
         Keep token 0's attention over the context images (``context_attention_``).
 
@@ -654,14 +735,23 @@ class InContextEncoder(RegressorMixin, BaseEstimator):
     n_features_in_ : int
     """
 
-    def __init__(self, checkpoint=None, batch_voxels=1024, device="auto", return_attention=False):
+    def __init__(self, checkpoint=None, batch_voxels="auto", device="auto", return_attention=False):
         self.checkpoint = checkpoint
         self.batch_voxels = batch_voxels
         self.device = device
         self.return_attention = return_attention
 
     # keys of an incontext encoder spec that meta-training, scaling and decoding read
-    SPEC_KEYS_ELSEWHERE = ("model", "training", "scaling", "decoding", "models", "center")
+    SPEC_KEYS_ELSEWHERE = (
+        "model",
+        "training",
+        "scaling",
+        "decoding",
+        "models",
+        "center",
+        "train_voxels",
+        "attention_top",
+    )
 
     @classmethod
     def from_spec(cls, spec: dict, context: EncoderContext) -> InContextEncoder:
@@ -751,6 +841,92 @@ def explained_variance(y_true, y_pred) -> np.ndarray:
 # test-time scaling: in-context against ridge on the same N images
 
 
+def context_orders(folds, random_state: int = 0) -> list:
+    """One seeded random order of each outer fold's training rows; a context of N images is
+    the first N (nested contexts, shared by the scaling curve, decoding and attention)."""
+    rng = np.random.default_rng(random_state)
+    return [rng.permutation(train) for train, _ in folds]
+
+
+def context_encoder(checkpoint, X, Y, ctx, key, *, cache: dict | None = None, device="auto"):
+    """The in-context encoder fitted on rows ``ctx`` (with token 0's attention), from
+    ``cache`` when it holds ``key`` (+ the voxel count) already."""
+    key = (*key, Y.shape[1])
+    if cache is not None and key in cache:
+        return cache[key]
+    enc = InContextEncoder(checkpoint=checkpoint, device=device, return_attention=True)
+    enc.fit(X[ctx], Y[ctx])
+    if cache is not None:
+        cache[key] = enc
+    return enc
+
+
+def context_attention_table(
+    X,
+    Y,
+    folds,
+    checkpoint,
+    *,
+    ids,
+    roi=None,
+    voxel=None,
+    k: int = 5,
+    random_state: int = 0,
+    device: str = "auto",
+    cache: dict | None = None,
+    stimuli=None,
+):
+    """The context images each voxel's token 0 attends to most, with the voxel's EV.
+
+    The context is the whole training set of the first outer fold (the largest N of the
+    scaling curve); the attention is the last block's, averaged over heads. The EV is that of
+    the in-context encoders on the held-out images, pooled over the outer folds (full N).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Tidy, one row per (voxel, rank): voxel (column of Y), roi, rank (0 = most attended),
+        stimulus_id, attention, ev [, category, path from ``stimuli``].
+    """
+    import pandas as pd
+
+    orders = context_orders(folds, random_state)
+    n = min(len(train) for train, _ in folds)
+    pred = np.zeros_like(Y, dtype=np.float32)
+    for f, ((_, test), order) in enumerate(zip(folds, orders, strict=True)):
+        enc = context_encoder(checkpoint, X, Y, order[:n], (n, f), cache=cache, device=device)
+        pred[test] = enc.predict(X[test])
+        if f == 0:
+            ctx, attention = order[:n], enc.context_attention_
+    tested = np.concatenate([test for _, test in folds])
+    ev = explained_variance(Y[tested], pred[tested])
+    top = top_context_images(attention, k)
+    n_vox = Y.shape[1]
+    table = pd.DataFrame(
+        {
+            "voxel": np.repeat(
+                np.arange(n_vox) if voxel is None else np.asarray(voxel), top.shape[1]
+            ),
+            "roi": np.repeat(
+                np.asarray(roi).astype(str) if roi is not None else "all", top.shape[1]
+            )
+            if roi is not None
+            else "all",
+            "rank": np.tile(np.arange(top.shape[1]), n_vox),
+            "stimulus_id": np.asarray(ids)[ctx][top].ravel(),
+            "attention": np.take_along_axis(attention, top, 1).ravel(),
+            "uniform": 1.0 / len(ctx),
+            "ev": np.repeat(ev, top.shape[1]),
+        }
+    )
+    if stimuli is not None:
+        info = stimuli.set_index("stimulus_id")
+        for col in ("category", "path"):
+            if col in info:
+                table[col] = info[col].reindex(table["stimulus_id"]).to_numpy()
+    return table
+
+
 def _roi_masks(roi) -> dict:
     """Voxel groups summarised by the scaling and decoding tables."""
     if roi is None:
@@ -777,6 +953,7 @@ def scaling_curve(
     roi=None,
     random_state: int = 0,
     device: str = "auto",
+    cache: dict | None = None,
 ):
     """Explained variance of in-context encoding and of ridge fitted on the same N images.
 
@@ -785,6 +962,10 @@ def scaling_curve(
     predict the fold's test images. EV (1 - Var(y - y_hat) / Var(y)) and r per voxel are
     computed on the predictions pooled over the outer folds. N runs over ``n_context`` values
     the smallest training fold allows, plus the whole training fold.
+
+    ``cache`` (a dict) keeps the in-context fits by (N, fold, n_voxels) for
+    :func:`~alignment.decoding.decoding_curve` and :func:`context_attention_table` on the same
+    data: same ``random_state``, same contexts, no second forward pass.
 
     Returns
     -------
@@ -798,17 +979,16 @@ def scaling_curve(
 
     n_train = min(len(train) for train, _ in folds)
     sizes = sorted({int(n) for n in n_context if 2 <= n <= n_train} | {n_train})
-    rng = np.random.default_rng(random_state)
-    orders = [rng.permutation(train) for train, _ in folds]
+    orders = context_orders(folds, random_state)
     preds = {
         (enc, n): np.zeros_like(Y, dtype=np.float32)
         for enc in ("incontext", "ridge")
         for n in sizes
     }
     for n in tqdm(sizes, desc="context sizes", unit="N"):
-        for (_, test), order in zip(folds, orders, strict=True):
+        for f, ((_, test), order) in enumerate(zip(folds, orders, strict=True)):
             ctx = order[:n]
-            enc = InContextEncoder(checkpoint=checkpoint, device=device).fit(X[ctx], Y[ctx])
+            enc = context_encoder(checkpoint, X, Y, ctx, (n, f), cache=cache, device=device)
             preds[("incontext", n)][test] = enc.predict(X[test])
             ridge = RidgeEncoder(**(ridge_spec or {}), cv=max(2, min(inner_folds, n // 2)))
             preds[("ridge", n)][test] = ridge.fit(X[ctx], Y[ctx]).predict(X[test])
@@ -912,7 +1092,7 @@ def meta_train_checkpoint(
     all_x = np.asarray(layers[name].values, dtype=np.float32)
     mean = all_x.mean(0) if spec.get("center", True) else None
     X_list = [normalise(d["X"], mean) for d in data]
-    Y_list = [d["Y"] for d in data]
+    Y_list = [_training_voxels(d, spec.get("train_voxels", "roi")) for d in data]
     model_cfg = dict(spec.get("model", {}))
     model, info = meta_train(
         X_list,
@@ -929,7 +1109,7 @@ def meta_train_checkpoint(
         "final_loss": info["history"][-1]["loss"],
     }
     if spec.get("decoding"):
-        from alignment.encoders.decoding import meta_train_decoder
+        from alignment.decoding import meta_train_decoder
 
         dec = dict(spec["decoding"])
         decoder, dinfo = meta_train_decoder(
@@ -961,6 +1141,20 @@ def meta_train_checkpoint(
         decoder=decoder,
     )
     return info
+
+
+def _training_voxels(d: dict, which: str) -> np.ndarray:
+    """A training subject's responses on the voxels meta-training uses: ``roi`` = the voxels
+    in an ROI when the responses label any (like the paper's visual-cortex mask; voxels of no
+    ROI would teach the prior that most voxels are noise), else every voxel; ``all``."""
+    if which not in ("roi", "all"):
+        raise InputError(f"train_voxels must be 'roi' or 'all', got {which!r}")
+    roi = d.get("roi")
+    if which == "roi" and roi is not None:
+        in_roi = np.asarray(roi).astype(str) != "none"
+        if in_roi.any():
+            return d["Y"][:, in_roi]
+    return d["Y"]
 
 
 def describe_checkpoint(ckpt: Checkpoint) -> str:

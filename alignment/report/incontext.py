@@ -19,14 +19,17 @@ import pandas as pd
 
 from alignment.viz.brainmaps import figure_to_base64_png
 
-__all__ = ["incontext_section", "plot_decoding", "plot_scaling", "read_tables"]
+__all__ = ["attention_html", "incontext_section", "plot_decoding", "plot_scaling", "read_tables"]
 
 
 def read_tables(paths: Iterable[str | os.PathLike]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split the given TSVs into the scaling table (has ``ev_mean``) and the decoding table."""
+    """Split the given TSVs into the scaling table (has ``ev_mean``) and the decoding table
+    (attention tables, with an ``attention`` column, are read by :func:`attention_html`)."""
     scaling, decoding = [], []
     for p in paths:
         t = pd.read_csv(p, sep="\t")
+        if "attention" in t.columns:
+            continue
         (scaling if "ev_mean" in t.columns else decoding).append(t)
     cat = lambda ts: pd.concat(ts, ignore_index=True) if ts else pd.DataFrame()  # noqa: E731
     return cat(scaling), cat(decoding)
@@ -94,6 +97,67 @@ def _table_html(df: pd.DataFrame, columns, caption: str) -> str:
     )
 
 
+def _thumbnail(path, size: int = 56) -> str:
+    """An <img> of a stimulus image, shrunk and inlined; empty when it cannot be read."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(str(path)) as im:
+            im = im.convert("RGB")
+            im.thumbnail((size, size))
+            buf = io.BytesIO()
+            im.save(buf, format="PNG")
+    except (OSError, ValueError):
+        return ""
+    data = base64.b64encode(buf.getvalue()).decode("ascii")
+    return f'<img alt="" width="{size}" src="data:image/png;base64,{data}">'
+
+
+def attention_html(table: pd.DataFrame, per_roi: int = 3) -> str:
+    """The context images that token 0 of a few voxels per ROI attends to most.
+
+    ``table`` is ``alignment fewshot --attention-out``; the voxels shown are the ``per_roi``
+    best predicted (in-context EV, whole training fold as context) of each ROI.
+    """
+    if table.empty:
+        return ""
+    rows = []
+    for (model, roi), g in table.groupby(["model", "roi"], sort=True):
+        best = g.drop_duplicates("voxel").sort_values("ev", ascending=False)["voxel"].head(per_roi)
+        for vox in best:
+            v = g[g["voxel"] == vox].sort_values("rank")
+            where = f"{v['hemi'].iloc[0]} {v['vertex'].iloc[0]}" if "hemi" in v else str(vox)
+            cells = []
+            for _, r in v.iterrows():
+                label = html.escape(str(r.get("category", r["stimulus_id"])))
+                ratio = r["attention"] / r["uniform"] if r["uniform"] else float("nan")
+                thumb = _thumbnail(r["path"]) if "path" in v and isinstance(r["path"], str) else ""
+                cells.append(
+                    f"<td>{thumb}<br><small>{html.escape(str(r['stimulus_id']))} {label}"
+                    f"<br>{ratio:.1f}&times; uniform</small></td>"
+                )
+            rows.append(
+                f"<tr><td>{html.escape(str(model))}</td><td>{html.escape(str(roi))}</td>"
+                f'<td>{html.escape(where)}</td><td class="num">{v["ev"].iloc[0]:.3f}</td>'
+                + "".join(cells)
+                + "</tr>"
+            )
+    k = int(table["rank"].max()) + 1
+    head = "<th>model</th><th>ROI</th><th>voxel</th><th>EV</th>" + "".join(
+        f"<th>#{i + 1}</th>" for i in range(k)
+    )
+    return (
+        '<p class="note">Interpretation: the context images that token 0 of each voxel attends '
+        "to most in the last block (averaged over heads; the whole training set of the first "
+        "fold as context), for the best-predicted voxels of each ROI; the weight is given as a "
+        "multiple of uniform attention.</p><table><caption>Most attended context images"
+        f"</caption><tr>{head}</tr>" + "".join(rows) + "</table>"
+    )
+
+
 def _img(fig, alt: str, dpi: int) -> str:
     return (
         f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,'
@@ -138,4 +202,7 @@ def incontext_section(paths: Iterable[str | os.PathLike], dpi: int = 100) -> str
         out.append(_img(plot_decoding(decoding), "Retrieval accuracy against voxels.", dpi))
         cols = ["method", "n_context", "n_voxels", "top1", "top5", "chance_top1", "n_candidates"]
         out.append(_table_html(decoding[cols], cols, "Retrieval accuracy"))
+    attention = [t for t in (pd.read_csv(p, sep="\t") for p in paths) if "attention" in t]
+    if attention:
+        out.append(attention_html(pd.concat(attention, ignore_index=True)))
     return "\n".join(out)

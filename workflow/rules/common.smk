@@ -116,7 +116,7 @@ def incontext_ridge_spec():
 
 
 def incontext_tables(subject):
-    """Scaling (and, with a decoding section, decoding) tables of a subject's incontext fits."""
+    """Scaling, decoding and attention tables of a subject's incontext fits (one fewshot job)."""
     out = []
     for dataset, spec in DATASETS.items():
         if subject not in spec["subjects"]:
@@ -126,9 +126,7 @@ def incontext_tables(subject):
             if enc.get("kind") != "incontext":
                 continue
             base = f"results/sub-{subject}/{dataset}/{model}/{encoder}"
-            out.append(f"{base}/fewshot.tsv")
-            if enc.get("decoding"):
-                out.append(f"{base}/decoding.tsv")
+            out += [f"{base}/{name}.tsv" for name in ("fewshot", "decoding", "attention")]
     return out
 
 

@@ -226,6 +226,7 @@ def decoding_curve(
     voxel_mask: np.ndarray | None = None,
     random_state: int = 0,
     device: str = "auto",
+    cache: dict | None = None,
 ):
     """Top-1/top-5 retrieval of each outer fold's test images from their responses.
 
@@ -233,7 +234,8 @@ def decoding_curve(
     fold's training images; the ``n_voxels`` voxels it predicts best on those images (context
     only) are decoded, by the checkpoint's in-context decoder and by the analytic inversion;
     the candidates are the fold's test images (chance 1 / n_test). Accuracies are averaged
-    over folds.
+    over folds. ``cache``: the in-context fits of
+    :func:`alignment.encoders.incontext.scaling_curve` on the same data (reused, not redone).
 
     Returns
     -------
@@ -243,33 +245,34 @@ def decoding_curve(
     """
     import pandas as pd
 
-    from alignment.encoders.incontext import InContextEncoder
+    from alignment.encoders.incontext import context_encoder, context_orders
 
-    if checkpoint.decoder is None:
-        raise InputError(f"checkpoint {checkpoint.path} holds no in-context decoder")
-    lam = float(checkpoint.extra.get("decoder_lambda", 1.0) if lam is None else lam)
+    # without a meta-trained decoder, the analytic inversion only (lambda chosen per fold on
+    # the context images unless the checkpoint or the caller gives one)
+    if lam is None and "decoder_lambda" in checkpoint.extra:
+        lam = float(checkpoint.extra["decoder_lambda"])
     n_train = min(len(train) for train, _ in folds)
     ctx_sizes = sorted({int(n) for n in n_context if 2 <= n <= n_train} | {n_train})
     pool = np.flatnonzero(voxel_mask) if voxel_mask is not None else np.arange(Y.shape[1])
     vox_sizes = sorted({int(n) for n in n_voxels if 1 <= n <= len(pool)} | {len(pool)})
-    rng = np.random.default_rng(random_state)
-    orders = [rng.permutation(train) for train, _ in folds]
+    orders = context_orders(folds, random_state)
+    Yp = Y[:, pool]
     acc: dict = {}
     for n_ctx in ctx_sizes:
-        for (_, test), order in zip(folds, orders, strict=True):
+        for f, ((_, test), order) in enumerate(zip(folds, orders, strict=True)):
             ctx = order[:n_ctx]
-            enc = InContextEncoder(checkpoint=checkpoint, device=device).fit(
-                X[ctx][:, :], Y[ctx][:, pool]
-            )
+            enc = context_encoder(checkpoint, X, Yp, ctx, (n_ctx, f), cache=cache, device=device)
             Xn_ctx = _normalised(checkpoint, X[ctx])
             Xn_test = _normalised(checkpoint, X[test])
             for n_vox in vox_sizes:
                 sel = select_voxels(enc.coef_, Xn_ctx, n_vox)
                 W, b, beta = enc.coef_[sel], enc.intercept_[sel], Y[test][:, pool[sel]]
-                methods = {
-                    "incontext": decode(checkpoint.decoder, W, b, beta, device=device),
-                    "analytic": analytic_inversion(W, b, beta, lam),
-                }
+                fold_lam = lam
+                if fold_lam is None:
+                    fold_lam = choose_lambda(W, b, Y[ctx][:, pool[sel]], Xn_ctx)
+                methods = {"analytic": analytic_inversion(W, b, beta, fold_lam)}
+                if checkpoint.decoder is not None:
+                    methods["incontext"] = decode(checkpoint.decoder, W, b, beta, device=device)
                 for method, pred in methods.items():
                     acc.setdefault((method, n_ctx, n_vox), []).append(
                         retrieval_accuracy(pred, Xn_test)
