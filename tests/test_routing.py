@@ -117,8 +117,8 @@ def test_without_positional_encoding_only_the_retinotopic_roi_fails(fits):
 
 def test_fit_records_early_stopping(fits):
     enc = fits["routing"]
-    val = [h["val_loss"] for h in enc.history_]
-    assert enc.best_epoch_ == int(np.argmin(val)) + 1
+    val = [h["val_r"] for h in enc.history_]  # select_on="r": the best validation mean r
+    assert enc.best_epoch_ == int(np.argmax(val)) + 1
     assert len(val) <= FAST["max_epochs"]
     assert all(h["seconds"] > 0 for h in enc.history_)
 
@@ -364,3 +364,39 @@ def test_gain_over_ridge_table_and_attention_overlay(tmp_path):
     html = _attention_html(routing, [att], 40)
     assert "Where the queries look" in html and "unavailable" not in html
     assert _attention_html(ridge, [att], 40) == ""
+
+
+def test_position_heads_attend_the_same_way_to_every_image():
+    d = synthetic_routing_data(n_images=8, grid=(4, 4), width=16, n_voxels=2, random_state=1)
+    layout = query_layout(d["roi"], d["hemi"])
+    spec = {"width": None, "n_heads": 4, "ffn_dim": 8, "dropout": 0.0, "positional": True}
+    torch.manual_seed(0)
+    mixed = _build_module(16, layout, d["grid"], position_heads=2, **spec).eval()
+    x = torch.as_tensor(d["X"])
+    with torch.no_grad():
+        k = mixed.attn.keys(mixed.proj(x), mixed.pos)  # (images, heads, tokens, head width)
+    # position heads: one key set for all images; content heads: keys follow the tokens
+    assert torch.allclose(k[:, :2], k[:1, :2].expand_as(k[:, :2]))
+    assert not torch.allclose(k[:, 2:], k[:1, 2:].expand_as(k[:, 2:]))
+    only_pos = _build_module(16, layout, d["grid"], position_heads=4, **spec).eval()
+    with torch.no_grad():
+        _, w = only_pos(x, return_weights=True)
+    assert torch.allclose(w, w[:1].expand_as(w), atol=1e-6)
+    with pytest.raises(InputError, match="position_heads"):
+        _build_module(16, layout, d["grid"], position_heads=5, **spec)
+    with pytest.raises(InputError, match="positional"):
+        _build_module(16, layout, d["grid"], position_heads=1, **{**spec, "positional": False})
+
+
+def test_image_centring_ignores_what_all_tokens_of_an_image_share():
+    d = synthetic_routing_data(n_images=40, grid=(4, 4), width=16, n_voxels=2, random_state=2)
+    kw = {"roi": d["roi"], "hemi": d["hemi"], "token_grid": d["grid"], "n_heads": 2}
+    enc = RoutingEncoder(token_centering="image", max_epochs=2, verbose=False, **kw)
+    enc.fit(d["X"], d["Y"])
+    shift = np.random.default_rng(0).normal(0, 3, (40, 1, 16)).astype(np.float32)
+    np.testing.assert_allclose(
+        enc.predict(d["X"] + shift), enc.predict(d["X"]), rtol=1e-4, atol=1e-4
+    )
+    for bad in ({"token_centering": "pixel"}, {"select_on": "mse"}):
+        with pytest.raises(InputError, match=next(iter(bad))):
+            RoutingEncoder(verbose=False, **kw, **bad).fit(d["X"], d["Y"])

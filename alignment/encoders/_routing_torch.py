@@ -15,22 +15,39 @@ from torch.nn import functional as F
 
 
 class CrossAttention(nn.Module):
-    """Multi-head cross-attention with separate key and value inputs."""
+    """Multi-head cross-attention whose keys are the tokens plus a positional encoding.
 
-    def __init__(self, d: int, heads: int):
+    ``keys = W_k (tokens + pos) + b_k``, ``values = W_v tokens + b_v``. The first
+    ``position_heads`` heads drop the tokens from their keys (``W_k pos + b_k``): their
+    attention is one spatial map per query, the same for every image.
+    """
+
+    def __init__(self, d: int, heads: int, position_heads: int = 0):
         super().__init__()
         self.heads = heads
+        self.position_heads = position_heads
         self.q = nn.Linear(d, d)
         self.k = nn.Linear(d, d)
         self.v = nn.Linear(d, d)
         self.out = nn.Linear(d, d)
 
-    def forward(self, query, key, value, return_weights: bool = False):
+    def keys(self, key, pos):
+        """Keys (batch, heads, tokens, head width) of tokens ``key`` and encoding ``pos``."""
+        b, nk, d = key.shape
+        hd = d // self.heads
+        k_pos = F.linear(pos, self.k.weight).expand(b, nk, d)
+        split = self.position_heads * hd  # head h owns channels [h * hd, (h + 1) * hd)
+        k_tok = self.k(key)
+        if split:
+            k_tok = torch.cat([self.k.bias[:split].expand(b, nk, split), k_tok[..., split:]], -1)
+        return (k_tok + k_pos).view(b, nk, self.heads, hd).transpose(1, 2)
+
+    def forward(self, query, key, value, pos, return_weights: bool = False):
         b, nq, d = query.shape
         nk = key.shape[1]
         hd = d // self.heads
         q = self.q(query).view(b, nq, self.heads, hd).transpose(1, 2)
-        k = self.k(key).view(b, nk, self.heads, hd).transpose(1, 2)
+        k = self.keys(key, pos)
         v = self.v(value).view(b, nk, self.heads, hd).transpose(1, 2)
         if return_weights:
             weights = torch.softmax((q @ k.transpose(-2, -1)) / math.sqrt(hd), dim=-1)
@@ -55,9 +72,22 @@ class TransformerBrainEncoder(nn.Module):
     width, n_heads, ffn_dim, dropout
         Decoder width (tokens are projected when it differs from ``width_in``), heads, FFN
         hidden size, dropout.
+    position_heads : int
+        Heads whose keys are the positional encoding alone (see :class:`CrossAttention`).
     """
 
-    def __init__(self, width_in, layout, pos, *, width, n_heads, ffn_dim, dropout):
+    def __init__(
+        self,
+        width_in,
+        layout,
+        pos,
+        *,
+        width,
+        n_heads,
+        ffn_dim,
+        dropout,
+        position_heads=0,
+    ):
         super().__init__()
         d = width
         self.width = d
@@ -66,9 +96,10 @@ class TransformerBrainEncoder(nn.Module):
         self.register_buffer("pos", torch.as_tensor(np.asarray(pos), dtype=torch.float32))
         self.register_buffer("token_mean", torch.zeros(width_in))
         self.register_buffer("token_scale", torch.ones(width_in))
+        self.centre_image = False  # subtract each image's mean token first (token_centering)
         self.query = nn.Parameter(torch.randn(layout.n_queries, d))
         self.norm_attn = nn.LayerNorm(d)
-        self.attn = CrossAttention(d, n_heads)
+        self.attn = CrossAttention(d, n_heads, position_heads)
         self.drop_attn = nn.Dropout(dropout)
         self.norm_ffn = nn.LayerNorm(d)
         self.ffn = nn.Sequential(
@@ -91,10 +122,13 @@ class TransformerBrainEncoder(nn.Module):
 
     def decode(self, tokens, return_weights: bool = False):
         """Query tokens (batch, queries, width) and, optionally, attention weights."""
-        mem = self.proj((tokens.float() - self.token_mean) / self.token_scale)
+        tokens = tokens.float()
+        if self.centre_image:
+            tokens = tokens - tokens.mean(1, keepdim=True)
+        mem = self.proj((tokens - self.token_mean) / self.token_scale)
         tgt = torch.zeros(mem.shape[0], self.query.shape[0], mem.shape[2], device=mem.device)
         q = self.norm_attn(tgt) + self.query
-        attended, weights = self.attn(q, mem + self.pos, mem, return_weights)
+        attended, weights = self.attn(q, mem, mem, self.pos, return_weights)
         tgt = tgt + self.drop_attn(attended)
         tgt = tgt + self.drop_ffn(self.ffn(self.norm_ffn(tgt)))
         return self.norm_out(tgt), weights

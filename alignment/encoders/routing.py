@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 REST = "rest"  # label of the query that serves vertices in no ROI
 MODES = ("roi", "vertex")
 PRECISIONS = ("fp32", "bf16")
+CENTERINGS = ("unit", "position", "image")
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,6 +245,7 @@ def _build_module(
     ffn_dim: int,
     dropout: float,
     positional: bool,
+    position_heads: int = 0,
 ):
     """The transformer brain encoder as a torch ``nn.Module`` (see the module docstring)."""
     from alignment.encoders._routing_torch import TransformerBrainEncoder
@@ -251,9 +253,23 @@ def _build_module(
     d = width or width_in
     if d % n_heads:
         raise InputError(f"routing encoder: width {d} is not divisible by {n_heads} heads")
+    if not 0 <= position_heads <= n_heads:
+        raise InputError(
+            f"routing encoder: position_heads must be between 0 and n_heads ({n_heads}), "
+            f"got {position_heads}"
+        )
+    if position_heads and not positional:
+        raise InputError("routing encoder: position_heads needs positional: true")
     pos = sine_positional_encoding(grid, d) if positional else np.zeros((1, d), np.float32)
     return TransformerBrainEncoder(
-        width_in, layout, pos, width=d, n_heads=n_heads, ffn_dim=ffn_dim, dropout=dropout
+        width_in,
+        layout,
+        pos,
+        width=d,
+        n_heads=n_heads,
+        ffn_dim=ffn_dim,
+        dropout=dropout,
+        position_heads=position_heads,
     )
 
 
@@ -366,14 +382,24 @@ class RoutingEncoder(RegressorMixin, BaseEstimator):
     dropout : float
     positional : bool
         Add the 2-D sine positional encoding to the keys (switch off only for ablations).
+    position_heads : int
+        Heads (of ``n_heads``) whose keys are the positional encoding alone, without the
+        tokens: each query's attention in these heads is one spatial map shared by all images.
+        0 (the reference) lets every head mix content and position; a few position heads let
+        a position-bound ROI find its part of the image from few images (the demo's 240).
     lr, weight_decay : float
         AdamW parameters.
     batch_size : int
     grad_clip : float
         Maximum gradient norm (0 = no clipping).
     max_epochs, patience : int
-        Training stops after ``patience`` epochs without a better validation loss; the best
-        epoch's weights are kept.
+        Training stops after ``patience`` epochs without a better validation score
+        (``select_on``); the best epoch's weights are kept.
+    select_on : {"r", "loss"}
+        Validation score for early stopping: the mean r over vertices (default), or the MSE
+        (loss). Where many vertices carry no signal (a demo's or a mask's noise vertices) their
+        overfitting raises the MSE epochs before the signal vertices stop improving, while
+        their r stays about zero; the mean r follows the vertices with signal.
     cv : int or list of (train, val)
         Validation split for early stopping: the first (train, val) pair of the inner folds
         (``from_spec`` passes the fold's inner CV, carved from the training rows only), or an
@@ -386,11 +412,15 @@ class RoutingEncoder(RegressorMixin, BaseEstimator):
         ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:1``...
     attention_rois : "all" or list of str
         ROIs whose attention :meth:`interpret` returns.
-    token_centering : {"unit", "position"}
-        Subtract the training mean per unit (default), or per token position and unit. The
-        per-position mean carries no stimulus information but holds the backbone's own position
-        embedding; removing it leaves position to the keys' encoding only (on the demo this
-        made the retinotopic ROI harder to learn in few epochs).
+    token_centering : {"unit", "position", "image"}
+        Subtract the training mean per unit (default), or per token position and unit, or
+        first each image's own mean token (then scale per unit). The per-position mean carries
+        no stimulus information but holds the backbone's own position embedding; removing it
+        leaves position to the keys' encoding only. ``image`` removes what every token of an
+        image shares (e.g. an early layer's background brightness and colour), so a token says
+        how its patch differs from the rest of the image: a query that attends to one region
+        then reads that region's contrast to the image without attending elsewhere too (global
+        image statistics are lost to the queries).
     random_state : int
     verbose : bool
         Show a progress bar with the validation loss.
@@ -402,7 +432,8 @@ class RoutingEncoder(RegressorMixin, BaseEstimator):
     token_grid_ : (int, int)
     best_epoch_ : int
     history_ : list of dict
-        Per epoch: ``epoch``, ``train_loss``, ``val_loss``, ``seconds`` (training step only).
+        Per epoch: ``epoch``, ``train_loss``, ``val_loss``, ``val_r``, ``seconds`` (training
+        step only).
     n_features_in_ : int
         Token width.
     """
@@ -419,12 +450,14 @@ class RoutingEncoder(RegressorMixin, BaseEstimator):
         ffn_dim=1024,
         dropout=0.1,
         positional=True,
+        position_heads=0,
         lr=5e-4,
         weight_decay=1e-4,
         batch_size=32,
         grad_clip=0.1,
         max_epochs=100,
         patience=10,
+        select_on="r",
         cv=5,
         refit=False,
         precision="fp32",
@@ -444,12 +477,14 @@ class RoutingEncoder(RegressorMixin, BaseEstimator):
         self.ffn_dim = ffn_dim
         self.dropout = dropout
         self.positional = positional
+        self.position_heads = position_heads
         self.lr = lr
         self.weight_decay = weight_decay
         self.batch_size = batch_size
         self.grad_clip = grad_clip
         self.max_epochs = max_epochs
         self.patience = patience
+        self.select_on = select_on
         self.cv = cv
         self.refit = refit
         self.precision = precision
@@ -500,8 +535,10 @@ class RoutingEncoder(RegressorMixin, BaseEstimator):
     def _params_ok(self):
         if self.precision not in PRECISIONS:
             raise InputError(f"routing encoder: precision must be one of {PRECISIONS}")
-        if self.token_centering not in ("position", "unit"):
-            raise InputError("routing encoder: token_centering must be 'position' or 'unit'")
+        if self.select_on not in ("r", "loss"):
+            raise InputError("routing encoder: select_on must be 'r' or 'loss'")
+        if self.token_centering not in CENTERINGS:
+            raise InputError(f"routing encoder: token_centering must be one of {CENTERINGS}")
         if int(self.batch_size) < 1 or int(self.max_epochs) < 1:
             raise InputError("routing encoder: batch_size and max_epochs must be positive")
 
@@ -609,7 +646,9 @@ class RoutingEncoder(RegressorMixin, BaseEstimator):
             ffn_dim=int(self.ffn_dim),
             dropout=float(self.dropout),
             positional=bool(self.positional),
+            position_heads=int(self.position_heads),
         ).to(device)
+        model.centre_image = self.token_centering == "image"
         model.token_mean = mean.to(device)
         model.token_scale = scale.to(device)
         optimizer = torch.optim.AdamW(
@@ -649,17 +688,22 @@ class RoutingEncoder(RegressorMixin, BaseEstimator):
                 pred = _predict_batches(
                     model, Xt, val_rows, int(self.batch_size) * 4, device, self.precision
                 )
-                val_loss = float(torch.mean((pred - Yt[val_rows.to(Yt.device)]) ** 2))
-                entry["val_loss"] = val_loss
-                if val_loss < best - 1e-6:
-                    best, best_epoch, stale = val_loss, epoch, 0
+                target = Yt[val_rows.to(Yt.device)]
+                val_loss = float(torch.mean((pred - target) ** 2))
+                val_r = _mean_r(pred, target)
+                entry["val_loss"], entry["val_r"] = val_loss, val_r
+                # lower is better: the loss, or minus the mean r
+                criterion = val_loss if self.select_on == "loss" else -val_r
+                if criterion < best - 1e-6:
+                    best, best_epoch, stale = criterion, epoch, 0
                     best_state = copy.deepcopy(model.state_dict())
                 else:
                     stale += 1
                 bar.set_postfix(
                     train=f"{train_loss:.3f}",
                     val=f"{val_loss:.3f}",
-                    best=f"{best:.3f}@{best_epoch}",
+                    val_r=f"{val_r:.3f}",
+                    best=f"{best if self.select_on == 'loss' else -best:.3f}@{best_epoch}",
                 )
             else:
                 bar.set_postfix(train=f"{train_loss:.3f}")
@@ -670,9 +714,10 @@ class RoutingEncoder(RegressorMixin, BaseEstimator):
         if best_state is not None:
             model.load_state_dict(best_state)
         log.info(
-            "routing encoder: %d epoch(s), best validation loss %.4f at epoch %d",
+            "routing encoder: %d epoch(s), best validation %s %.4f at epoch %d",
             len(history),
-            best,
+            "loss" if self.select_on == "loss" else "mean r",
+            best if self.select_on == "loss" else -best,
             best_epoch,
         )
         return model, best_epoch, history
@@ -737,15 +782,26 @@ class RoutingEncoder(RegressorMixin, BaseEstimator):
         return out
 
 
+def _mean_r(pred, target) -> float:
+    """Mean over columns of the Pearson r between predictions and targets (tensors)."""
+    p = pred.double() - pred.double().mean(0)
+    t = target.double() - target.double().mean(0)
+    den = (p.norm(dim=0) * t.norm(dim=0)).clamp_min(1e-12)
+    return float(((p * t).sum(0) / den).mean())
+
+
 def _token_stats(Xt, rows, centering: str = "unit", chunk: int = 256):
     """Mean (per token position and unit, or per unit) and per-unit standard deviation of the
-    tokens of ``rows``, accumulated in float64."""
+    tokens of ``rows``, accumulated in float64 (``image``: of the tokens minus each image's
+    mean token, as the model sees them)."""
     torch = _torch()
     n_tokens, width = Xt.shape[1], Xt.shape[2]
     total = torch.zeros(n_tokens, width, dtype=torch.float64, device=Xt.device)
     sq = torch.zeros_like(total)
     for start in range(0, len(rows), chunk):
         x = Xt[rows[start : start + chunk]].double()
+        if centering == "image":
+            x = x - x.mean(1, keepdim=True)
         total += x.sum(0)
         sq += (x * x).sum(0)
     count = len(rows)
