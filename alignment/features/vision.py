@@ -29,6 +29,7 @@ import contextlib
 import json
 import logging
 import os
+import time
 
 import numpy as np
 import torch
@@ -187,9 +188,13 @@ class ImageFiles(torch.utils.data.Dataset):
         if self.fast is None:
             return self.proc(images=images, return_tensors="pt")["pixel_values"]
         arrays = [np.asarray(im) for im in images]
-        shapes = torch.tensor([a.shape[:2] for a in arrays], dtype=torch.long)
+        # shapes as a numpy array: pickled inline, not one more shared-memory file to pass
+        shapes = np.array([a.shape[:2] for a in arrays], dtype=np.int64).reshape(-1, 2)
         flat = _empty_uint8(sum(a.size for a in arrays))
-        np.concatenate([a.reshape(-1) for a in arrays], out=flat.numpy())
+        out, o = flat.numpy(), 0
+        for a in arrays:  # each image straight into the shared buffer (one copy)
+            out[o : o + a.size] = a.reshape(-1)
+            o += a.size
         return flat, shapes
 
 
@@ -279,12 +284,18 @@ def host_batches(paths, *, proc, fast, draft, batch_size, start, n_workers, devi
     )
     per_batch = batch_size // sub
     group, a = [], start
-    for item in loader:
+    t0 = time.perf_counter()
+    items = iter(loader)  # forks the workers
+    if info is not None:
+        info["workers_start_s"] = time.perf_counter() - t0
+    for item in items:
         if isinstance(item, _Failed):
             raise InputError(str(item))
         group.append(item)
         if len(group) == per_batch:
             b = min(a + batch_size, len(paths))
+            if info is not None and "first_batch_s" not in info:
+                info["first_batch_s"] = time.perf_counter() - t0
             yield a, b, group
             group, a = [], b
     if group:
@@ -316,29 +327,41 @@ def device_preprocess(fast: dict | None, group, device, dtype) -> torch.Tensor:
     if fast is None:
         return torch.cat(group).to(device=device, dtype=dtype)
     w, h = fast["size"]
-    images = []
-    for flat, shapes in group:
-        offsets = np.r_[0, np.cumsum([int(a) * int(b) * 3 for a, b in shapes.tolist()])]
-        for k, (ih, iw) in enumerate(shapes.tolist()):
-            images.append(flat[offsets[k] : offsets[k + 1]].view(ih, iw, 3))
-    out = torch.empty((len(images), 3, h, w), device=device, dtype=torch.float32)
-    by_shape: dict[tuple, list[int]] = {}
-    for k, im in enumerate(images):
-        by_shape.setdefault(tuple(im.shape), []).append(k)
-    for (ih, iw, _), ks in by_shape.items():
-        x = torch.stack([images[k] for k in ks]).permute(0, 3, 1, 2).float()
-        if (ih, iw) != (h, w):
-            x = torch.nn.functional.interpolate(
-                x, size=(h, w), mode=_DEVICE_RESAMPLE[fast["resample"]], antialias=True,
-                align_corners=False,
-            ).round_().clamp_(0, 255)  # fmt: skip
-        out[ks] = x
+    shapes = np.concatenate([np.asarray(s).reshape(-1, 2) for _, s in group])
+    if (shapes == shapes[0]).all():  # one image size (the usual case): no per-image views
+        ih, iw = (int(v) for v in shapes[0])
+        x = torch.cat([flat for flat, _ in group]).view(len(shapes), ih, iw, 3)
+        out = _resize(x.permute(0, 3, 1, 2).float(), (ih, iw), (h, w), fast)
+    else:
+        images = []
+        for flat, s in group:
+            s = np.asarray(s).reshape(-1, 2)
+            offsets = np.r_[0, np.cumsum(s[:, 0] * s[:, 1] * 3)]
+            for k, (ih, iw) in enumerate(s.tolist()):
+                images.append(flat[offsets[k] : offsets[k + 1]].view(ih, iw, 3))
+        out = torch.empty((len(images), 3, h, w), device=device, dtype=torch.float32)
+        by_shape: dict[tuple, list[int]] = {}
+        for k, im in enumerate(images):
+            by_shape.setdefault(tuple(im.shape), []).append(k)
+        for (ih, iw, _), ks in by_shape.items():
+            x = torch.stack([images[k] for k in ks]).permute(0, 3, 1, 2).float()
+            out[ks] = _resize(x, (ih, iw), (h, w), fast)
     out.mul_(fast["scale"])
     if fast["mean"] is not None:
         mean = torch.tensor(fast["mean"], device=device).view(1, -1, 1, 1)
         std = torch.tensor(fast["std"], device=device).view(1, -1, 1, 1)
         out.sub_(mean).div_(std)
     return out.to(dtype)
+
+
+def _resize(x: torch.Tensor, src, dst, fast) -> torch.Tensor:
+    """Antialiased resize of float (n, 3, h, w) pixels, rounded to uint8 levels as PIL does."""
+    if tuple(src) == tuple(dst):
+        return x
+    return torch.nn.functional.interpolate(
+        x, size=tuple(dst), mode=_DEVICE_RESAMPLE[fast["resample"]], antialias=True,
+        align_corners=False,
+    ).round_().clamp_(0, 255)  # fmt: skip
 
 
 def image_batches(
