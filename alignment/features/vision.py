@@ -149,13 +149,15 @@ def open_image(path: str, hdf5, draft=None):
 
     from alignment.stimuli.images import _open_image, split_reference
 
-    if draft is None or split_reference(path)[1] is not None:
+    if split_reference(path)[1] is not None:
         return _open_image(path, hdf5)
     try:
         with Image.open(path) as img:
-            if img.format == "JPEG":
+            if draft is not None and img.format == "JPEG":
                 img.draft("RGB", draft)
-            return img.convert("RGB")
+            img.load()
+            # an RGB image as decoded: convert("RGB") would copy it once more
+            return img if img.mode == "RGB" else img.convert("RGB")
     except OSError as err:
         raise InputError(f"{path}: cannot be read as an image ({err})") from err
 
@@ -264,6 +266,8 @@ def host_batches(paths, *, proc, fast, draft, batch_size, start, n_workers, devi
     n = len(paths) - start
     if n <= 0:
         return
+    import alignment.stimuli.images  # noqa: F401  (imported once here, not in every worker)
+
     workers = n_loader_workers(n_workers)
     # small sub-batches keep every worker busy to the end; at most batch_size images each
     sub = max(1, min(batch_size, -(-batch_size // max(1, workers)), 32))
