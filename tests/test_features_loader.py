@@ -1,0 +1,88 @@
+"""The image loader's hand-over (decoding workers -> host batches) and the benchmark breakdown."""
+
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.fixture()
+def same_size_jpegs(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    paths = []
+    for k in range(6):
+        low = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+        img = Image.fromarray(low).resize((120, 90), Image.Resampling.BICUBIC)
+        noisy = np.clip(np.asarray(img) + rng.normal(0, 8, (90, 120, 3)), 0, 255)
+        paths.append(str(tmp_path / f"im{k}.jpg"))
+        Image.fromarray(noisy.astype(np.uint8)).save(paths[-1], quality=90)
+    return paths
+
+
+def test_one_size_batches_from_workers_equal_the_processor(tiny_vit, same_size_jpegs):
+    """Sub-batches of one image size (the packed path, no per-image views) from two forked
+    workers: the same pixels as in-process decoding, within one grey level of the processor;
+    the loader reports its start-up."""
+    from PIL import Image
+    from transformers import AutoImageProcessor
+
+    from alignment.features.vision import ImageFiles, device_preprocess, fast_path, host_batches
+
+    proc = AutoImageProcessor.from_pretrained(tiny_vit)
+    proc.size = {"height": 32, "width": 32}
+    fast = fast_path(proc)
+    cpu = torch.device("cpu")
+    flat, shapes = ImageFiles(same_size_jpegs, 3, proc, fast, False)[1]
+    assert isinstance(shapes, np.ndarray) and shapes.tolist() == [[90, 120]] * 3
+    direct = np.asarray(Image.open(same_size_jpegs[3]).convert("RGB"))
+    np.testing.assert_array_equal(flat[: direct.size].numpy().reshape(direct.shape), direct)
+
+    want = proc(images=[Image.open(p).convert("RGB") for p in same_size_jpegs],
+                return_tensors="pt")["pixel_values"]  # fmt: skip
+    got = {}
+    for workers in (0, 2):
+        info: dict = {}
+        batches = list(host_batches(
+            same_size_jpegs, proc=proc, fast=fast, draft=False, batch_size=4, start=0,
+            n_workers=workers, device=cpu, info=info,
+        ))  # fmt: skip
+        assert [(a, b) for a, b, _ in batches] == [(0, 4), (4, 6)]
+        # in process: one sub-batch per batch; two workers: two sub-batches of two images
+        assert len(batches[0][2]) == (1 if workers == 0 else 2)
+        assert info["decode_workers"] == workers
+        assert 0 <= info["workers_start_s"] <= info["first_batch_s"]
+        got[workers] = torch.cat([device_preprocess(fast, g, cpu, torch.float32)
+                                  for _, _, g in batches])  # fmt: skip
+    torch.testing.assert_close(got[0], got[2], rtol=0, atol=0)
+    diff = (got[2] - want).abs()
+    assert diff.max() <= 1 / 255 / 0.5 + 1e-5  # one grey level (std 0.5)
+    assert diff.mean() < 2e-3
+
+
+def test_benchmark_reports_where_vit_time_goes(tmp_path):
+    """The benchmark's ViT breakdown: every stage alone, in the same run, consistent."""
+    from benchmarks.features import SCALES, bench_vit
+
+    cfg = {**SCALES["small"], "n_images": 24, "image_batch": 8, "photo_size": (80, 60)}
+    r = bench_vit(cfg, tmp_path, "cpu", "float32")
+    for key in (
+        "vit_loader_images_per_s",
+        "vit_preprocess_images_per_s",
+        "vit_preprocess_forward_images_per_s",
+        "vit_images_per_s_without_store",
+        "vit_store_images_per_s",
+        "vit_images_per_s_end_to_end",
+        "vit_images_per_s_end_to_end_second_run",
+        "vit_decode_ms_per_image_one_process",
+    ):
+        assert r[key] > 0, key  # fmt: skip
+    assert r["vit_end_to_end_first_batch_s"] < r["vit_end_to_end_s"]
+    # 3 layers x 24 images x 64 float32 units
+    assert r["vit_store_gb"] == round(3 * 24 * 64 * 4 / 1e9, 3)
+    # a stage alone is never slower than the pipeline that contains it (generous: CPU noise)
+    assert r["vit_preprocess_forward_images_per_s"] > 0.5 * r["vit_images_per_s_without_store"]
+    assert r["vit_bound_by"].split(" (")[0] in (
+        "loader (decoding workers -> host batches)", "device preprocessing",
+        "preprocessing + hooked forward", "store writes",
+    )  # fmt: skip
