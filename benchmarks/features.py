@@ -291,6 +291,26 @@ def vit_breakdown(job, table, spec, cfg, root, dev, dt, bare, files) -> dict:
             pixels = device_preprocess(fast, group, dev, dt)
         _sync(dev)
         res["vit_preprocess_images_per_s"] = round(reps * batch / (time.perf_counter() - t0), 1)
+        if fast and dev.type == "cuda":  # the direct antialiased 2-D filter, for comparison
+            flat = torch.cat([g[0] for g in group])
+            ih, iw = (int(v) for v in kept[0][1][0])
+            x = flat[: batch * ih * iw * 3].view(batch, ih, iw, 3).permute(0, 3, 1, 2)
+
+            def aa():
+                return torch.nn.functional.interpolate(
+                    x.float(), size=fast["size"][::-1], antialias=True,
+                    mode={2: "bilinear", 3: "bicubic"}[fast["resample"]],
+                ).round_().clamp_(0, 255)  # fmt: skip
+
+            aa()
+            _sync(dev)
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                aa()
+            _sync(dev)
+            res["vit_resize_images_per_s_interpolate_antialias"] = round(
+                reps * batch / (time.perf_counter() - t0), 1
+            )
         grid = token_grid(loaded, pixels)
 
         def reduce(h):
