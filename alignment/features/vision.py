@@ -426,7 +426,7 @@ def resize_pil(x: torch.Tensor, dst, resample: int, dtype=None) -> torch.Tensor:
     """
     (ih, iw), (h, w) = x.shape[-2:], dst
     dt = dtype or (torch.float64 if x.dtype == torch.float64 else _sum_dtype(x.device))
-    x = x.to(dt)
+    x = x.contiguous().to(dt)  # contiguous while still uint8: the cheap copy
     if iw != w:
         ww = torch.from_numpy(pil_weights(iw, w, resample)).to(x.device, dt)
         x = torch.matmul(x, ww.T).add_(0.5).floor_().clamp_(0, 255)
