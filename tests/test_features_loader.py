@@ -112,6 +112,33 @@ def test_device_resize_is_pils_resize(resample):
     want = np.asarray(img.resize((48, 32), resample))
     diff = np.abs(resize_pil(x, (32, 48), resample, torch.float32)[0].permute(1, 2, 0) - want)
     assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-2
-    diff = np.abs(_resize(x, (113, 150), (32, 48), {"resample": resample})[0].permute(1, 2, 0)
-                  - want)  # fmt: skip
-    assert diff.max() <= 1  # the CPU's antialiased interpolate
+    got = _resize(x, (113, 150), (32, 48), {"resample": resample})  # float32 on the CPU
+    np.testing.assert_array_equal(got, resize_pil(x, (32, 48), resample, torch.float32))
+
+
+def test_device_preprocessing_of_photos_is_the_processors(tiny_vit, tmp_path):
+    """Photo-like JPEGs (500 x 375, bicubic as SigLIP): in float64 the device path gives the
+    processor's pixel values up to float rounding."""
+    from PIL import Image
+    from transformers import AutoImageProcessor
+
+    import alignment.features.vision as vision
+    from benchmarks.features import synthetic_photo
+
+    paths = [str(tmp_path / f"p{k}.jpg") for k in range(2)]
+    for k, p in enumerate(paths):
+        synthetic_photo(k).save(p, quality=90)
+    proc = AutoImageProcessor.from_pretrained(tiny_vit)
+    proc.size, proc.resample = {"height": 40, "width": 40}, 3
+    fast = vision.fast_path(proc)
+    want = proc(images=[Image.open(p).convert("RGB") for p in paths], return_tensors="pt")
+    batches = vision.host_batches(
+        paths, proc=proc, fast=fast, draft=False, batch_size=2, start=0, n_workers=0,
+        device=torch.device("cpu"),
+    )  # fmt: skip
+    flat, _ = next(batches)[2][0]
+    x = flat.view(2, 375, 500, 3).permute(0, 3, 1, 2)
+    exact = vision.resize_pil(x, (40, 40), 3, torch.float64)
+    got = (exact / 255 - 0.5) / 0.5
+    torch.testing.assert_close(got, want["pixel_values"], rtol=0, atol=1e-6)
+    assert vision.preprocessing(proc).count("device-pil-weights") == 1

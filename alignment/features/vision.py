@@ -10,13 +10,12 @@ The image path (no torchvision):
 - for processors that resize to a fixed height x width with bilinear or bicubic filtering and
   then rescale and normalise (ViT, SigLIP), the workers only decode: the uint8 pixels go to the
   device as they are (one packed buffer per sub-batch, copied on a side stream while the
-  previous batch runs) and are resized there, then rescaled, normalised and cast. On CUDA the
-  resize is PIL's own two-pass resampling (its fixed-point weights, rounding to uint8 levels
-  after each pass) as two matrix products: PIL exactly in float64 (data-centre GPUs), about
-  1e-4 of the pixels one grey level off in float32 (other GPUs). On the CPU it is torch's
-  antialiased ``interpolate``, rounded to uint8 levels (faster there). Either way at most one
-  grey level from the Hugging Face processor (0.0079 in normalised units for mean/std 0.5;
-  tested); ``preprocessing`` records ``"resize": "device"`` in the cache key;
+  previous batch runs) and are resized there, then rescaled, normalised and cast. The resize
+  is PIL's own two-pass resampling (its fixed-point weights, rounding to uint8 levels after
+  each pass) as two matrix products: PIL exactly in float64 (CUDA data-centre GPUs), about
+  1e-4 of the pixels one grey level off in float32 (CPU, other GPUs); that is 0.0079 in
+  normalised units for mean/std 0.5 (tested). ``preprocessing`` records
+  ``"resize": "device-pil-weights"`` in the cache key;
 - other processors (centre crops: CLIP, DINOv2) run in the workers as they are;
 - with ``jpeg_draft: true`` JPEGs at least twice the target size are decoded at a reduced
   scale (PIL ``Image.draft``, DCT scaling), which is faster but differs from the processor by up
@@ -67,8 +66,7 @@ def load_processor(source: str, revision=None, image_size: int | None = None):
 def preprocessing(proc, jpeg_draft: bool = False) -> str:
     """The processor's settings and how they are applied, as canonical JSON (cache key)."""
     d = proc.to_dict() if hasattr(proc, "to_dict") else {}
-    d["_applied"] = {"resize": "device" if fast_path(proc) else "processor",
-                     "device_resize": "PIL weights on CUDA, antialiased interpolate on CPU",
+    d["_applied"] = {"resize": "device-pil-weights" if fast_path(proc) else "processor",
                      "jpeg_draft": bool(jpeg_draft)}  # fmt: skip
     return json.dumps(d, sort_keys=True, default=str)
 
@@ -422,7 +420,8 @@ def resize_pil(x: torch.Tensor, dst, resample: int, dtype=None) -> torch.Tensor:
     this is PIL's integer arithmetic exactly (tested equal); in float32 a level differs where
     a sum falls within about 1e-5 of a half (about 1e-4 of the pixels when reducing, up to a
     few % for bilinear enlargement, whose exact halves float32 breaks). On a GPU this is far
-    cheaper than a direct antialiased 2-D filter; on a CPU it is slower (see :func:`_resize`).
+    cheaper than a direct antialiased 2-D filter; on a CPU about 2-3x dearer (a small share
+    of a CPU forward pass).
     """
     (ih, iw), (h, w) = x.shape[-2:], dst
     dt = dtype or (torch.float64 if x.dtype == torch.float64 else _sum_dtype(x.device))
@@ -437,17 +436,14 @@ def resize_pil(x: torch.Tensor, dst, resample: int, dtype=None) -> torch.Tensor:
 
 
 def _resize(x: torch.Tensor, src, dst, fast) -> torch.Tensor:
-    """Resize uint8-level (n, 3, h, w) pixels on their device: PIL's weights on CUDA, torch's
-    antialiased ``interpolate`` (rounded to uint8 levels) on the CPU, where it is about 2-3x
-    faster; both within one grey level of PIL (tested)."""
+    """Resize uint8-level (n, 3, h, w) pixels on their device as PIL does (:func:`resize_pil`).
+
+    Not torch's antialiased ``interpolate``: on photographs its bicubic is up to two grey
+    levels from PIL on about 1/6 of the pixels, and on a GPU it is a slow direct 2-D filter.
+    """
     if tuple(src) == tuple(dst):
         return x.float()
-    if x.device.type == "cuda" or x.dtype == torch.float64:
-        return resize_pil(x, tuple(dst), fast["resample"])
-    return torch.nn.functional.interpolate(
-        x.float(), size=tuple(dst), mode=_DEVICE_RESAMPLE[fast["resample"]], antialias=True,
-        align_corners=False,
-    ).round_().clamp_(0, 255)  # fmt: skip
+    return resize_pil(x, tuple(dst), fast["resample"])
 
 
 def image_batches(
