@@ -13,7 +13,21 @@
    written: float32 features of every layer for every word are GBs, so the store's write speed
    bounds the end-to-end figure.
 
-Both models get one warm-up forward before timing (as the bare forward does). ``--scale small``
+The ViT run also says where the time goes, each stage alone in the same process:
+``vit_decode_ms_per_image_one_process`` (JPEG -> RGB array), ``vit_loader_*`` (decoding
+workers -> host batches, no model; on CUDA also without page-locking, the pin thread's share),
+``vit_workers_start_s`` (forking the workers) and ``*_first_batch_s``,
+``vit_preprocess_images_per_s`` (resize/normalise on the device, one resident batch; on CUDA
+beside it torch's antialiased ``interpolate``, which the device path used before),
+``vit_preprocess_forward_images_per_s`` (with the hooked forward), ``vit_images_per_s_without_
+store`` (the whole pipeline but the store), ``vit_store_*`` (the same features written again
+from memory), and ``vit_bound_by``, the slowest stage. The end-to-end figure is one cold run,
+worker start-up included, as a real job is; ``*_after_first_batch`` leaves the start-up and
+first batch out, ``*_second_run`` repeats the run warm, and ``*_projected_73000`` extrapolates
+start-up plus the steady rate to an NSD-sized job (73,000 images): a projection, labelled so.
+
+Both models get one warm-up forward before timing (as the bare forward does); imports (zarr)
+happen before timing, like the model load. ``--scale small``
 (default) runs tiny versions on the CPU in seconds; ``--scale full --device cuda`` is the real
 measurement (ViT-B/16 bf16, batch 256, 10,000 images, an NSD subject's worth; 1.1B decoder,
 20,000 words, 512 words of context). Prints one JSON line last.
