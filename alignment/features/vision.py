@@ -10,10 +10,12 @@ The image path (no torchvision):
 - for processors that resize to a fixed height x width with bilinear or bicubic filtering and
   then rescale and normalise (ViT, SigLIP), the workers only decode: the uint8 pixels go to the
   device as they are (one packed buffer per sub-batch, copied on a side stream while the
-  previous batch runs) and are resized there (``interpolate`` with antialiasing, rounded to
-  uint8 levels as PIL does), rescaled, normalised and cast. Against the Hugging Face processor
-  this differs by at most one grey level (0.0079 in normalised units for mean/std 0.5;
-  tested): ``preprocessing`` records ``"resize": "device"`` in the cache key;
+  previous batch runs) and are resized there, then rescaled, normalised and cast. The resize
+  is PIL's own two-pass resampling (its fixed-point weights, rounding to uint8 levels after
+  each pass) as two matrix products: PIL exactly in float64 (CUDA data-centre GPUs), about
+  1e-4 of the pixels one grey level off in float32 (CPU, other GPUs); that is 0.0079 in
+  normalised units for mean/std 0.5 (tested). ``preprocessing`` records
+  ``"resize": "device-pil-weights"`` in the cache key;
 - other processors (centre crops: CLIP, DINOv2) run in the workers as they are;
 - with ``jpeg_draft: true`` JPEGs at least twice the target size are decoded at a reduced
   scale (PIL ``Image.draft``, DCT scaling), which is faster but differs from the processor by up
@@ -26,9 +28,11 @@ next batch is fetched and uploaded while the current one runs.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
+import time
 
 import numpy as np
 import torch
@@ -37,7 +41,7 @@ from alignment.io import InputError
 
 log = logging.getLogger(__name__)
 IMAGE_POOLINGS = ("mean", "cls", "tokens")
-# PIL resample codes that torch's antialiased interpolate reproduces (PIL's a = -0.5 cubic)
+# PIL resample codes resampled on the device (bilinear; bicubic with PIL's a = -0.5)
 _DEVICE_RESAMPLE = {2: "bilinear", 3: "bicubic"}
 
 
@@ -62,7 +66,7 @@ def load_processor(source: str, revision=None, image_size: int | None = None):
 def preprocessing(proc, jpeg_draft: bool = False) -> str:
     """The processor's settings and how they are applied, as canonical JSON (cache key)."""
     d = proc.to_dict() if hasattr(proc, "to_dict") else {}
-    d["_applied"] = {"resize": "device" if fast_path(proc) else "processor",
+    d["_applied"] = {"resize": "device-pil-weights" if fast_path(proc) else "processor",
                      "jpeg_draft": bool(jpeg_draft)}  # fmt: skip
     return json.dumps(d, sort_keys=True, default=str)
 
@@ -148,13 +152,15 @@ def open_image(path: str, hdf5, draft=None):
 
     from alignment.stimuli.images import _open_image, split_reference
 
-    if draft is None or split_reference(path)[1] is not None:
+    if split_reference(path)[1] is not None:
         return _open_image(path, hdf5)
     try:
         with Image.open(path) as img:
-            if img.format == "JPEG":
+            if draft is not None and img.format == "JPEG":
                 img.draft("RGB", draft)
-            return img.convert("RGB")
+            img.load()
+            # an RGB image as decoded: convert("RGB") would copy it once more
+            return img if img.mode == "RGB" else img.convert("RGB")
     except OSError as err:
         raise InputError(f"{path}: cannot be read as an image ({err})") from err
 
@@ -187,9 +193,13 @@ class ImageFiles(torch.utils.data.Dataset):
         if self.fast is None:
             return self.proc(images=images, return_tensors="pt")["pixel_values"]
         arrays = [np.asarray(im) for im in images]
-        shapes = torch.tensor([a.shape[:2] for a in arrays], dtype=torch.long)
+        # shapes as a numpy array: pickled inline, not one more shared-memory file to pass
+        shapes = np.array([a.shape[:2] for a in arrays], dtype=np.int64).reshape(-1, 2)
         flat = _empty_uint8(sum(a.size for a in arrays))
-        np.concatenate([a.reshape(-1) for a in arrays], out=flat.numpy())
+        out, o = flat.numpy(), 0
+        for a in arrays:  # each image straight into the shared buffer (one copy)
+            out[o : o + a.size] = a.reshape(-1)
+            o += a.size
         return flat, shapes
 
 
@@ -259,6 +269,8 @@ def host_batches(paths, *, proc, fast, draft, batch_size, start, n_workers, devi
     n = len(paths) - start
     if n <= 0:
         return
+    import alignment.stimuli.images  # noqa: F401  (imported once here, not in every worker)
+
     workers = n_loader_workers(n_workers)
     # small sub-batches keep every worker busy to the end; at most batch_size images each
     sub = max(1, min(batch_size, -(-batch_size // max(1, workers)), 32))
@@ -279,12 +291,18 @@ def host_batches(paths, *, proc, fast, draft, batch_size, start, n_workers, devi
     )
     per_batch = batch_size // sub
     group, a = [], start
-    for item in loader:
+    t0 = time.perf_counter()
+    items = iter(loader)  # forks the workers
+    if info is not None:
+        info["workers_start_s"] = time.perf_counter() - t0
+    for item in items:
         if isinstance(item, _Failed):
             raise InputError(str(item))
         group.append(item)
         if len(group) == per_batch:
             b = min(a + batch_size, len(paths))
+            if info is not None and "first_batch_s" not in info:
+                info["first_batch_s"] = time.perf_counter() - t0
             yield a, b, group
             group, a = [], b
     if group:
@@ -310,35 +328,122 @@ def upload(group, device, stream=None):
 def device_preprocess(fast: dict | None, group, device, dtype) -> torch.Tensor:
     """(batch, 3, height, width) pixel values on ``device`` in ``dtype``.
 
-    For the device path: resize each image (antialiased, images of one size together), round to
-    uint8 levels and clip as PIL does, rescale and normalise.
+    For the device path: resize the images as PIL does (images of one size together, see
+    :func:`pil_weights`), rescale and normalise.
     """
     if fast is None:
         return torch.cat(group).to(device=device, dtype=dtype)
     w, h = fast["size"]
-    images = []
-    for flat, shapes in group:
-        offsets = np.r_[0, np.cumsum([int(a) * int(b) * 3 for a, b in shapes.tolist()])]
-        for k, (ih, iw) in enumerate(shapes.tolist()):
-            images.append(flat[offsets[k] : offsets[k + 1]].view(ih, iw, 3))
-    out = torch.empty((len(images), 3, h, w), device=device, dtype=torch.float32)
-    by_shape: dict[tuple, list[int]] = {}
-    for k, im in enumerate(images):
-        by_shape.setdefault(tuple(im.shape), []).append(k)
-    for (ih, iw, _), ks in by_shape.items():
-        x = torch.stack([images[k] for k in ks]).permute(0, 3, 1, 2).float()
-        if (ih, iw) != (h, w):
-            x = torch.nn.functional.interpolate(
-                x, size=(h, w), mode=_DEVICE_RESAMPLE[fast["resample"]], antialias=True,
-                align_corners=False,
-            ).round_().clamp_(0, 255)  # fmt: skip
-        out[ks] = x
+    shapes = np.concatenate([np.asarray(s).reshape(-1, 2) for _, s in group])
+    if (shapes == shapes[0]).all():  # one image size (the usual case): no per-image views
+        ih, iw = (int(v) for v in shapes[0])
+        x = torch.cat([flat for flat, _ in group]).view(len(shapes), ih, iw, 3)
+        out = _resize(x.permute(0, 3, 1, 2), (ih, iw), (h, w), fast)
+    else:
+        images = []
+        for flat, s in group:
+            s = np.asarray(s).reshape(-1, 2)
+            offsets = np.r_[0, np.cumsum(s[:, 0] * s[:, 1] * 3)]
+            for k, (ih, iw) in enumerate(s.tolist()):
+                images.append(flat[offsets[k] : offsets[k + 1]].view(ih, iw, 3))
+        out = torch.empty((len(images), 3, h, w), device=device, dtype=torch.float32)
+        by_shape: dict[tuple, list[int]] = {}
+        for k, im in enumerate(images):
+            by_shape.setdefault(tuple(im.shape), []).append(k)
+        for (ih, iw, _), ks in by_shape.items():
+            x = torch.stack([images[k] for k in ks]).permute(0, 3, 1, 2)
+            out[ks] = _resize(x, (ih, iw), (h, w), fast)
     out.mul_(fast["scale"])
     if fast["mean"] is not None:
         mean = torch.tensor(fast["mean"], device=device).view(1, -1, 1, 1)
         std = torch.tensor(fast["std"], device=device).view(1, -1, 1, 1)
         out.sub_(mean).div_(std)
     return out.to(dtype)
+
+
+_PRECISION_BITS = 22  # PIL's fixed-point coefficients for 8-bit images (Resample.c)
+_SUPPORT = {2: 1.0, 3: 2.0}  # bilinear (triangle), bicubic (a = -0.5)
+
+
+def _filter(resample: int, x: np.ndarray) -> np.ndarray:
+    x = np.abs(x)
+    if resample == 2:
+        return np.where(x < 1.0, 1.0 - x, 0.0)
+    a = -0.5
+    near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1
+    far = (((x - 5) * x + 8) * x - 4) * a
+    return np.where(x < 1.0, near, np.where(x < 2.0, far, 0.0))
+
+
+@functools.lru_cache(maxsize=64)
+def pil_weights(n_in: int, n_out: int, resample: int) -> np.ndarray:
+    """(n_out, n_in) matrix of PIL's resampling weights along one axis, as PIL rounds them.
+
+    ``precompute_coeffs`` and ``normalize_coeffs_8bpc`` of Pillow's Resample.c: an antialiased
+    filter scaled by the reduction factor, normalised per output pixel, then rounded to
+    integers in units of 2**-22. Row ``o`` dotted with the input, plus one half, floored and
+    clipped to 0..255, is PIL's output pixel ``o`` for this axis.
+    """
+    scale = n_in / n_out
+    filterscale = max(scale, 1.0)
+    support = _SUPPORT[resample] * filterscale
+    out = np.zeros((n_out, n_in))
+    for o in range(n_out):
+        center = (o + 0.5) * scale
+        lo = max(int(center - support + 0.5), 0)
+        hi = min(int(center + support + 0.5), n_in)
+        w = _filter(resample, (np.arange(lo, hi) - center + 0.5) / filterscale)
+        total = w.sum()
+        if total != 0.0:
+            w = w / total
+        unit = float(1 << _PRECISION_BITS)
+        out[o, lo:hi] = np.where(w < 0, np.trunc(-0.5 + w * unit), np.trunc(0.5 + w * unit))
+    return out / (1 << _PRECISION_BITS)
+
+
+def _sum_dtype(device) -> torch.dtype:
+    """float64 where it is cheap (CUDA data-centre parts: P100, V100, A100, H100, B200) or
+    where float32 products would lose bits (TF32 on); float32 elsewhere."""
+    if device.type != "cuda":
+        return torch.float32
+    major, minor = torch.cuda.get_device_capability(device)
+    if (major >= 6 and minor == 0) or torch.backends.cuda.matmul.allow_tf32:
+        return torch.float64
+    return torch.float32
+
+
+def resize_pil(x: torch.Tensor, dst, resample: int, dtype=None) -> torch.Tensor:
+    """Resize (n, 3, h, w) uint8-level pixels to ``dst`` (h, w) as PIL does; float32 out.
+
+    PIL's two passes (horizontal, then vertical, each rounded and clipped to uint8 levels) as
+    two matrix products with PIL's own fixed-point weights (:func:`pil_weights`). In float64
+    this is PIL's integer arithmetic exactly (tested equal); in float32 a level differs where
+    a sum falls within about 1e-5 of a half (about 1e-4 of the pixels when reducing, up to a
+    few % for bilinear enlargement, whose exact halves float32 breaks). On a GPU this is far
+    cheaper than a direct antialiased 2-D filter; on a CPU about 2-3x dearer (a small share
+    of a CPU forward pass).
+    """
+    (ih, iw), (h, w) = x.shape[-2:], dst
+    dt = dtype or (torch.float64 if x.dtype == torch.float64 else _sum_dtype(x.device))
+    x = x.contiguous().to(dt)  # contiguous while still uint8: the cheap copy
+    if iw != w:
+        ww = torch.from_numpy(pil_weights(iw, w, resample)).to(x.device, dt)
+        x = torch.matmul(x, ww.T).add_(0.5).floor_().clamp_(0, 255)
+    if ih != h:
+        wh = torch.from_numpy(pil_weights(ih, h, resample)).to(x.device, dt)
+        x = torch.matmul(wh, x).add_(0.5).floor_().clamp_(0, 255)
+    return x.float()
+
+
+def _resize(x: torch.Tensor, src, dst, fast) -> torch.Tensor:
+    """Resize uint8-level (n, 3, h, w) pixels on their device as PIL does (:func:`resize_pil`).
+
+    Not torch's antialiased ``interpolate``: on photographs its bicubic is up to two grey
+    levels from PIL on about 1/6 of the pixels, and on a GPU it is a slow direct 2-D filter.
+    """
+    if tuple(src) == tuple(dst):
+        return x.float()
+    return resize_pil(x, tuple(dst), fast["resample"])
 
 
 def image_batches(
