@@ -33,6 +33,7 @@ class CrossAttention(nn.Module):
             if position_heads and position_scale > 0
             else None
         )
+        self.spatial_bias = None  # (position heads, queries, tokens), set by the encoder
         self.q = nn.Linear(d, d)
         self.k = nn.Linear(d, d)
         self.v = nn.Linear(d, d)
@@ -61,11 +62,16 @@ class CrossAttention(nn.Module):
             q = q * scale.view(1, -1, 1, 1)
         k = self.keys(key, pos)
         v = self.v(value).view(b, nk, self.heads, hd).transpose(1, 2)
+        bias = None
+        if self.spatial_bias is not None:  # a learned logit per query and token (position heads)
+            rest = self.spatial_bias.new_zeros(self.heads - self.position_heads, nq, nk)
+            bias = torch.cat([self.spatial_bias, rest]).unsqueeze(0).to(q.dtype)
         if return_weights:
-            weights = torch.softmax((q @ k.transpose(-2, -1)) / math.sqrt(hd), dim=-1)
+            logits = (q @ k.transpose(-2, -1)) / math.sqrt(hd)
+            weights = torch.softmax(logits if bias is None else logits + bias, dim=-1)
             out = weights @ v  # weights per head: (b, heads, nq, nk)
         else:
-            out = F.scaled_dot_product_attention(q, k, v)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
             weights = None
         return self.out(out.transpose(1, 2).reshape(b, nq, d)), weights
 
@@ -87,6 +93,9 @@ class TransformerBrainEncoder(nn.Module):
         Heads whose keys are the positional encoding alone (see :class:`CrossAttention`).
     position_scale : float
         Initial learned scale of the position heads' logits (0: none).
+    position_bias : bool
+        A learned logit per query, position head and token (zero at the start) added to the
+        position heads' logits.
     """
 
     def __init__(
@@ -101,6 +110,7 @@ class TransformerBrainEncoder(nn.Module):
         dropout,
         position_heads=0,
         position_scale=0.0,
+        position_bias=False,
     ):
         super().__init__()
         d = width
@@ -114,6 +124,11 @@ class TransformerBrainEncoder(nn.Module):
         self.query = nn.Parameter(torch.randn(layout.n_queries, d))
         self.norm_attn = nn.LayerNorm(d)
         self.attn = CrossAttention(d, n_heads, position_heads, position_scale)
+        if position_bias and position_heads:
+            n_tokens = self.pos.shape[0]
+            self.attn.spatial_bias = nn.Parameter(
+                torch.zeros(position_heads, layout.n_queries, n_tokens)
+            )
         self.drop_attn = nn.Dropout(dropout)
         self.norm_ffn = nn.LayerNorm(d)
         self.ffn = nn.Sequential(

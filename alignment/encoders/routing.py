@@ -247,6 +247,7 @@ def _build_module(
     positional: bool,
     position_heads: int = 0,
     position_scale: float = 0.0,
+    position_bias: bool = False,
 ):
     """The transformer brain encoder as a torch ``nn.Module`` (see the module docstring)."""
     from alignment.encoders._routing_torch import TransformerBrainEncoder
@@ -272,6 +273,7 @@ def _build_module(
         dropout=dropout,
         position_heads=position_heads,
         position_scale=position_scale,
+        position_bias=position_bias,
     )
 
 
@@ -394,9 +396,14 @@ class RoutingEncoder(RegressorMixin, BaseEstimator):
         to this value (0: no scale). The position heads' logits are linear in a sine encoding
         whose weights move little in a short training; a scale of a few lets their maps
         become peaked on the part of the image their ROI reads.
+    position_bias : bool
+        With position heads: a learned logit per ROI query, position head and token, zero at
+        the start, added to the position heads' logits: each ROI query can learn any spatial
+        map over the grid directly (a receptive field), not only maps linear in the sine
+        encoding.
     position_lr : float
-        Learning-rate multiplier of the queries and of the position scale (1: the same lr as
-        every other parameter).
+        Learning-rate multiplier of the queries, the position scale and the position bias (1:
+        the same lr as every other parameter).
     lr, weight_decay : float
         AdamW parameters.
     batch_size : int
@@ -462,6 +469,7 @@ class RoutingEncoder(RegressorMixin, BaseEstimator):
         positional=True,
         position_heads=0,
         position_scale=0.0,
+        position_bias=False,
         position_lr=1.0,
         lr=5e-4,
         weight_decay=1e-4,
@@ -491,6 +499,7 @@ class RoutingEncoder(RegressorMixin, BaseEstimator):
         self.positional = positional
         self.position_heads = position_heads
         self.position_scale = position_scale
+        self.position_bias = position_bias
         self.position_lr = position_lr
         self.lr = lr
         self.weight_decay = weight_decay
@@ -662,13 +671,15 @@ class RoutingEncoder(RegressorMixin, BaseEstimator):
             positional=bool(self.positional),
             position_heads=int(self.position_heads),
             position_scale=float(self.position_scale),
+            position_bias=bool(self.position_bias),
         ).to(device)
         model.centre_image = self.token_centering == "image"
         model.token_mean = mean.to(device)
         model.token_scale = scale.to(device)
         fast = [model.query]
-        if model.attn.log_position_scale is not None:
-            fast.append(model.attn.log_position_scale)
+        for extra in (model.attn.log_position_scale, model.attn.spatial_bias):
+            if extra is not None:
+                fast.append(extra)
         ids = {id(p) for p in fast}
         groups = [{"params": [p for p in model.parameters() if id(p) not in ids]}]
         if float(self.position_lr) != 1.0:
