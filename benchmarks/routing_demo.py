@@ -23,6 +23,7 @@ import numpy as np
 from alignment.encoders.routing import quadrant_mask
 from alignment.io import read_netcdf
 from alignment.report.tables import load_scores, roi_table
+from alignment.viz.attention import head_attention_maps
 
 
 def main() -> None:
@@ -70,6 +71,16 @@ def main() -> None:
                 out["retinotopic_position_heads_in_quadrant"] = round(
                     float(per_head[pos].mean()), 3
                 )
+            if pos.any() and "head_norm_right_retinotopic" in att:
+                maps_w, _ = head_attention_maps(att, position=True, by_norm=True)
+                out["retinotopic_position_heads_by_norm_in_quadrant"] = round(
+                    float(maps_w["right retinotopic"][:, mask].sum(1).mean()), 3
+                )
+            if "head_norm_right_retinotopic" in att:
+                norms = att["head_norm_right_retinotopic"]
+                norms = norms.isel(layer=-1) if "layer" in norms.dims else norms
+                share = norms.values / norms.values.sum(1, keepdims=True)
+                out["retinotopic_head_norm_share"] = [round(float(x), 3) for x in share.mean(0)]
         print(json.dumps(out))
 
 

@@ -70,6 +70,10 @@ class CrossAttention(nn.Module):
             logits = (q @ k.transpose(-2, -1)) / math.sqrt(hd)
             weights = torch.softmax(logits if bias is None else logits + bias, dim=-1)
             out = weights @ v  # weights per head: (b, heads, nq, nk)
+            # what each head adds to the query's output: |W_out,h (weights_h @ v_h)|, kept for
+            # interpretation (b, heads, nq)
+            w_out = self.out.weight.view(d, self.heads, hd)
+            self.head_norms = torch.einsum("bhqe,dhe->bhqd", out, w_out).norm(dim=-1)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
             weights = None

@@ -340,7 +340,7 @@ def run_epoch(model, optimizer, X, Y, rows, batch_size, grad_clip, generator, de
 def _predict_batches(model, X, rows, batch_size, device, precision, weights=False):
     torch = _torch()
     model.eval()
-    preds, attn = [], []
+    preds, attn, norms = [], [], []
     with torch.no_grad():
         for start in range(0, len(rows), batch_size):
             idx = rows[start : start + batch_size].to(X.device)
@@ -349,10 +349,11 @@ def _predict_batches(model, X, rows, batch_size, device, precision, weights=Fals
             if weights:
                 preds.append(out[0].float())
                 attn.append(out[1].float())
+                norms.append(model.attn.head_norms.float())
             else:
                 preds.append(out.float())
     pred = torch.cat(preds) if preds else torch.zeros(0)
-    return (pred, torch.cat(attn)) if weights else pred
+    return (pred, torch.cat(attn), torch.cat(norms)) if weights else pred
 
 
 # --------------------------------------------------------------------------------------------
@@ -776,8 +777,8 @@ class RoutingEncoder(RegressorMixin, BaseEstimator):
             self.precision,
             weights=weights,
         )
-        if weights:
-            return out[0].cpu().numpy(), out[1].cpu().numpy()
+        if weights:  # predictions, attention (samples, heads, queries, tokens), head norms
+            return tuple(o.cpu().numpy() for o in out)
         return out.cpu().numpy()
 
     def attention(self, X, heads: bool = False) -> np.ndarray:
@@ -795,7 +796,7 @@ class RoutingEncoder(RegressorMixin, BaseEstimator):
         ndarray (samples, queries, rows, columns), or (samples, heads, queries, rows, columns)
             Queries in the order of ``query_labels_``; each map sums to 1.
         """
-        _, weights = self._run(X, weights=True)  # (samples, heads, queries, tokens)
+        _, weights, _ = self._run(X, weights=True)  # (samples, heads, queries, tokens)
         if not heads:
             weights = weights.mean(1)
         return weights.reshape(*weights.shape[:-1], *self.token_grid_)
@@ -804,23 +805,27 @@ class RoutingEncoder(RegressorMixin, BaseEstimator):
         """Attention maps per ROI query for the CV loop: ``attention_<hemi>_<roi>`` ->
         (samples, rows, columns), the mean over heads, and ``head_attention_<hemi>_<roi>`` ->
         (samples, heads, rows, columns), every head's (the first ``position_heads`` read
-        position only; :func:`label_attention` names the dimensions).
+        position only; :func:`label_attention` names the dimensions), and
+        ``head_norm_<hemi>_<roi>`` -> (samples, heads), the norm of what each head adds to the
+        query's output token (a head with a small norm barely shapes the prediction).
 
         In the per-vertex mode, an ROI's map is the mean over its vertices' queries.
         """
-        att = self.attention(X, heads=True)  # (samples, heads, queries, rows, columns)
+        _, att, norms = self._run(X, weights=True)
+        att = att.reshape(*att.shape[:-1], *self.token_grid_)  # (samples, heads, queries, r, c)
         labels = self.layout_.labels
         wanted = None if self.attention_rois == "all" else {str(r) for r in self.attention_rois}
         out = {}
 
-        def put(h, r, per_head):
+        def put(h, r, per_head, norm):
             out[f"attention_{h}_{r}"] = per_head.mean(1)
             out[f"{HEAD_PREFIX}{h}_{r}"] = per_head
+            out[f"{NORM_PREFIX}{h}_{r}"] = norm
 
         if self.layout_.mode == "roi":
             for i, (h, r) in enumerate(labels):
                 if wanted is None or r in wanted:
-                    put(h, r, att[:, :, i])
+                    put(h, r, att[:, :, i], norms[:, :, i])
             return out
         roi = np.asarray(self.roi if self.roi is not None else [], dtype=str)
         for h, qi, cols in zip(
@@ -829,11 +834,13 @@ class RoutingEncoder(RegressorMixin, BaseEstimator):
             for r in dict.fromkeys(roi[cols].tolist()):
                 name = REST if r == dims.NO_ROI else r
                 if wanted is None or name in wanted:
-                    put(h, name, att[:, :, qi[roi[cols] == r]].mean(2))
+                    sel = qi[roi[cols] == r]
+                    put(h, name, att[:, :, sel].mean(2), norms[:, :, sel].mean(2))
         return out
 
 
 HEAD_PREFIX = "head_attention_"
+NORM_PREFIX = "head_norm_"  # per image and head: |W_out,h (attention_h @ values_h)|
 
 
 def label_attention(ds, encoder_spec: dict):
@@ -841,7 +848,9 @@ def label_attention(ds, encoder_spec: dict):
 
     The CV loop names an interpretation's dimensions after its variable; the per-head maps
     (``head_attention_<hemi>_<roi>``) get ``head``, ``row``, ``column`` and a ``position_head``
-    coordinate (bool per head: reads position only), from the encoder's spec.
+    coordinate (bool per head: reads position only), from the encoder's spec; the per-head
+    output norms (``head_norm_<hemi>_<roi>``: how much each head adds to the query's output
+    token, per image) get ``head``.
 
     Parameters
     ----------
@@ -857,6 +866,8 @@ def label_attention(ds, encoder_spec: dict):
     for name, var in ds.data_vars.items():
         if str(name).startswith(HEAD_PREFIX):
             renames.update(dict(zip(var.dims[-3:], ("head", "row", "column"), strict=True)))
+        elif str(name).startswith(NORM_PREFIX):
+            renames[var.dims[-1]] = "head"
     if not renames:
         return ds
     ds = ds.rename(renames)

@@ -38,7 +38,7 @@ def attention_maps(ds: xr.Dataset, layer: str | None = None) -> dict[str, np.nda
 
 
 def head_attention_maps(
-    ds: xr.Dataset, layer: str | None = None, position: bool = True
+    ds: xr.Dataset, layer: str | None = None, position: bool = True, by_norm: bool = False
 ) -> tuple[dict[str, np.ndarray], list[int]]:
     """Maps of the position-only heads (or the other heads) of an ``attention.nc`` Dataset.
 
@@ -53,6 +53,10 @@ def head_attention_maps(
         With a ``layer`` dimension, the layer (default: the last).
     position : bool
         Average the position-only heads (True) or the others (False).
+    by_norm : bool
+        Weight each head, per image, by the norm of what it adds to the query's output
+        (``head_norm_<hemi>_<roi>``), so heads the query barely uses count little; a plain
+        mean where the norms are missing.
 
     Returns
     -------
@@ -74,7 +78,13 @@ def head_attention_maps(
         if not str(name).startswith(HEAD_PREFIX) or "head" not in var.dims:
             continue
         hemi, _, roi = str(name)[len(HEAD_PREFIX) :].partition("_")
-        values = var.isel(head=chosen).mean("head")
+        values = var.isel(head=chosen)
+        norm_name = f"head_norm_{hemi}_{roi}"
+        if by_norm and norm_name in ds and "head" in ds[norm_name].dims:
+            w = ds[norm_name].isel(head=chosen)
+            values = (values * w).sum("head") / w.sum("head").clip(min=1e-12)
+        else:
+            values = values.mean("head")
         out[f"{hemi} {roi}"] = np.asarray(values.values, dtype=np.float32)
     return out, [int(h) for h in chosen]
 
