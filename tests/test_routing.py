@@ -312,6 +312,8 @@ def test_the_cv_loop_builds_it_from_the_registry_and_gathers_attention():
     assert chosen == [0]
     np.testing.assert_allclose(maps["left content"], heads.values[:, 0], atol=1e-6)
     assert len({m.round(5).tobytes() for m in maps["left content"][:20]}) == 1  # fold 0
+    norms = label_attention(att, spec)["head_norm_left_content"]
+    assert norms.dims == (dims.STIMULUS, "head") and bool((norms > 0).all())
 
 
 def _scores(r_by_layer, roi, kind, model, source="vit", hemi=None):
@@ -384,6 +386,13 @@ def test_gain_over_ridge_table_and_attention_overlay(tmp_path):
     )
     html = _attention_html(routing, [att_heads], 40)
     assert "the 1 position-only heads [0] of 2" in html
+    # weighting heads by their output norm: a head with norm 0 does not count
+    both = att_heads.assign_coords(position_head=("head", [True, True]))
+    both["head_norm_right_faces"] = ((dims.STIMULUS, "head"), np.tile([1.0, 0.0], (3, 1)))
+    weighted, _ = head_attention_maps(both, position=True, by_norm=True)
+    np.testing.assert_allclose(weighted["right faces"], per_head[:, 0], atol=1e-6)
+    plain, _ = head_attention_maps(both, position=True)
+    np.testing.assert_allclose(plain["right faces"], per_head.mean(1), atol=1e-6)
     assert _attention_html(ridge, [att], 40) == ""
 
 
