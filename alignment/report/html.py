@@ -732,7 +732,7 @@ def _attention_html(
     maps = attention_maps(ds, layer)
     # where attention.nc holds per-head maps, show the position-only heads: the heads that
     # say where in the image a query reads (the mean over all heads dilutes them)
-    pos_maps, pos_heads = head_attention_maps(ds, layer, position=True)
+    pos_maps, pos_heads = head_attention_maps(ds, layer, position=True, by_norm=True)
     if pos_maps:
         maps = pos_maps
     maps = {k: v for k, v in maps.items() if not k.endswith(" rest")}
@@ -764,8 +764,9 @@ def _attention_html(
         caption = caption.replace(
             "mean over heads",
             f"mean over the {len(pos_heads)} position-only heads {pos_heads} of {n_heads}, whose "
-            "keys carry only the positional encoding, so their map is the same for every image; "
-            "the other heads' maps, which follow the image content, are in attention.nc",
+            "keys carry only the positional encoding, so their map is the same for every image, "
+            "each head weighted by the norm of what it adds to the query's output; every head's "
+            "map, including the content heads that follow the image, is in attention.nc",
         )
     if note:
         caption += " " + note
