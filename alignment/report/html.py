@@ -764,7 +764,7 @@ def _attention_html(
         caption = caption.replace(
             "mean over heads",
             f"mean over the {len(pos_heads)} position-only heads {pos_heads} of {n_heads}, whose "
-            "keys carry only the positional encoding, so their map is the same for every image, "
+            "keys carry only the positional encoding (one map for the test images of a fold), "
             "each head weighted by the norm of what it adds to the query's output; every head's "
             "map, including the content heads that follow the image, is in attention.nc",
         )
