@@ -184,6 +184,10 @@ def cmd_encode(args) -> None:
             else xr.Dataset()
         )
         merged.attrs = {**scores.attrs}
+        if args.encoder_spec.get("kind") == "routing":  # per-head maps: head, row, column
+            from alignment.encoders.routing import label_attention
+
+            merged = label_attention(merged, args.encoder_spec)
         write_netcdf(merged, args.interpretation_out)
     else:
         scores = result

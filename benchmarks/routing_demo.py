@@ -7,7 +7,8 @@ results/sub-01/demo-images/vit-tiny-untrained/ridge/scores.nc``) and prints one 
 subject: per ROI the routing and ridge r/sqrt(ceiling) (ridge at the ROI's best layer), and the
 retinotopic query's attention mass in the planted upper-left quadrant (mean over test images,
 heads averaged as in attention.nc; chance 0.25) with the share of images whose attention
-centroid lies in that quadrant.
+centroid lies in that quadrant; where attention.nc holds per-head maps, also the mass per head
+and over the position-only heads (what the report overlays).
 
     python benchmarks/routing_demo.py --subjects 01 02 03
 """
@@ -22,6 +23,7 @@ import numpy as np
 from alignment.encoders.routing import quadrant_mask
 from alignment.io import read_netcdf
 from alignment.report.tables import load_scores, roi_table
+from alignment.viz.attention import head_attention_maps
 
 
 def main() -> None:
@@ -57,6 +59,28 @@ def main() -> None:
             "retinotopic_attention_in_quadrant": round(float(maps[:, mask].sum(1).mean()), 3),
             "retinotopic_centroid_in_quadrant": round(float(mask[iy, ix].mean()), 3),
         }
+        if "head_attention_right_retinotopic" in att:
+            heads = att["head_attention_right_retinotopic"]
+            heads = heads.isel(layer=-1) if "layer" in heads.dims else heads
+            per_head = heads.values[..., mask].sum(-1).mean(0)  # (heads,)
+            pos = np.asarray(att["position_head"].values, dtype=bool)
+            out["retinotopic_attention_in_quadrant_per_head"] = [
+                round(float(x), 3) for x in per_head
+            ]
+            if pos.any():
+                out["retinotopic_position_heads_in_quadrant"] = round(
+                    float(per_head[pos].mean()), 3
+                )
+            if pos.any() and "head_norm_right_retinotopic" in att:
+                maps_w, _ = head_attention_maps(att, position=True, by_norm=True)
+                out["retinotopic_position_heads_by_norm_in_quadrant"] = round(
+                    float(maps_w["right retinotopic"][:, mask].sum(1).mean()), 3
+                )
+            if "head_norm_right_retinotopic" in att:
+                norms = att["head_norm_right_retinotopic"]
+                norms = norms.isel(layer=-1) if "layer" in norms.dims else norms
+                share = norms.values / norms.values.sum(1, keepdims=True)
+                out["retinotopic_head_norm_share"] = [round(float(x), 3) for x in share.mean(0)]
         print(json.dumps(out))
 
 

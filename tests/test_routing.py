@@ -19,6 +19,7 @@ from alignment.encoders.routing import (
     RoutingEncoder,
     _build_module,
     check_token_grid,
+    label_attention,
     quadrant_mask,
     query_layout,
     sine_positional_encoding,
@@ -26,6 +27,7 @@ from alignment.encoders.routing import (
 )
 from alignment.evaluation import score_layers
 from alignment.io import InputError
+from alignment.viz.attention import head_attention_maps
 
 # Settings for small synthetic data: one head (so the head-averaged map is the head's map),
 # tokens of width 64 projected to 32, a learning rate for a few hundred steps.
@@ -278,7 +280,7 @@ def _token_experiment(n_img=60, seed=0):
 def test_the_cv_loop_builds_it_from_the_registry_and_gathers_attention():
     resp, layers = _token_experiment()
     spec = {"kind": "routing", "n_heads": 2, "ffn_dim": 16, "max_epochs": 2, "batch_size": 16,
-            "verbose": False}  # fmt: skip
+            "position_heads": 1, "verbose": False}  # fmt: skip
     context = EncoderContext(
         voxels={"roi": resp.roi.values, "hemi": resp.hemi.values},
         features={"token_grid": [4, 4]},
@@ -300,6 +302,18 @@ def test_the_cv_loop_builds_it_from_the_registry_and_gathers_attention():
     values = att["attention_left_content"].values
     assert values.shape == (60, 4, 4) and np.isfinite(values).all()  # every image tested once
     np.testing.assert_allclose(values.sum((1, 2)), 1.0, atol=1e-4)
+    # per-head maps: their mean is the stored map; head 0 reads position only, so its map is
+    # the same for every image of a fold
+    heads = label_attention(att, spec)["head_attention_left_content"]
+    assert heads.dims == (dims.STIMULUS, "head", "row", "column") and heads.shape == (60, 2, 4, 4)
+    np.testing.assert_allclose(heads.mean("head").values, values, atol=1e-6)
+    assert label_attention(att, spec)["position_head"].values.tolist() == [True, False]
+    maps, chosen = head_attention_maps(label_attention(att, spec), position=True)
+    assert chosen == [0]
+    np.testing.assert_allclose(maps["left content"], heads.values[:, 0], atol=1e-6)
+    assert len({m.round(5).tobytes() for m in maps["left content"][:20]}) == 1  # fold 0
+    norms = label_attention(att, spec)["head_norm_left_content"]
+    assert norms.dims == (dims.STIMULUS, "head") and bool((norms > 0).all())
 
 
 def _scores(r_by_layer, roi, kind, model, source="vit", hemi=None):
@@ -363,6 +377,22 @@ def test_gain_over_ridge_table_and_attention_overlay(tmp_path):
     )
     html = _attention_html(routing, [att], 40)
     assert "Where the queries look" in html and "unavailable" not in html
+    assert "mean over heads" in html
+    # with per-head maps, the overlay shows the position-only heads and says which
+    per_head = np.stack([maps, np.roll(maps, 1, axis=1)], axis=1)
+    att_heads = label_attention(
+        att.assign(head_attention_right_faces=((dims.STIMULUS, "h", "r", "c"), per_head)),
+        {"position_heads": 1},
+    )
+    html = _attention_html(routing, [att_heads], 40)
+    assert "the 1 position-only heads [0] of 2" in html
+    # weighting heads by their output norm: a head with norm 0 does not count
+    both = att_heads.assign_coords(position_head=("head", [True, True]))
+    both["head_norm_right_faces"] = ((dims.STIMULUS, "head"), np.tile([1.0, 0.0], (3, 1)))
+    weighted, _ = head_attention_maps(both, position=True, by_norm=True)
+    np.testing.assert_allclose(weighted["right faces"], per_head[:, 0], atol=1e-6)
+    plain, _ = head_attention_maps(both, position=True)
+    np.testing.assert_allclose(plain["right faces"], per_head.mean(1), atol=1e-6)
     assert _attention_html(ridge, [att], 40) == ""
 
 
@@ -386,6 +416,43 @@ def test_position_heads_attend_the_same_way_to_every_image():
         _build_module(16, layout, d["grid"], position_heads=5, **spec)
     with pytest.raises(InputError, match="positional"):
         _build_module(16, layout, d["grid"], position_heads=1, **{**spec, "positional": False})
+
+
+def test_position_scale_multiplies_the_position_heads_logits():
+    d = synthetic_routing_data(n_images=4, grid=(4, 4), width=16, n_voxels=2, random_state=1)
+    layout = query_layout(d["roi"], d["hemi"])
+    spec = {"width": None, "n_heads": 4, "ffn_dim": 8, "dropout": 0.0, "positional": True}
+    x = torch.as_tensor(d["X"])
+    weights = {}
+    for scale in (1.0, 3.0):
+        torch.manual_seed(0)
+        m = _build_module(16, layout, d["grid"], position_heads=2, position_scale=scale, **spec)
+        assert torch.allclose(m.attn.log_position_scale.exp(), torch.full((2,), scale))
+        with torch.no_grad():
+            weights[scale] = m.eval()(x, return_weights=True)[1]  # (b, heads, queries, tokens)
+    # position heads: softmax(3 * logits) = normalised softmax(logits) ** 3; others unchanged
+    cubed = weights[1.0][:, :2] ** 3
+    torch.testing.assert_close(weights[3.0][:, :2], cubed / cubed.sum(-1, keepdim=True))
+    torch.testing.assert_close(weights[3.0][:, 2:], weights[1.0][:, 2:])
+    torch.manual_seed(0)
+    plain = _build_module(16, layout, d["grid"], position_heads=2, **spec)
+    assert plain.attn.log_position_scale is None  # 0: no learned scale (the reference)
+    # position_bias: a learned logit per query and token on the position heads only; the fused
+    # (SDPA) path and the explicit path agree
+    torch.manual_seed(0)
+    m = _build_module(16, layout, d["grid"], position_heads=2, position_bias=True, **spec).eval()
+    assert m.attn.spatial_bias.shape == (2, layout.n_queries, 16)
+    with torch.no_grad():
+        before = m(x, return_weights=True)[1]
+        qi = layout.labels.index(("left", "retinotopic"))
+        m.attn.spatial_bias[:, qi] = 10.0 * torch.as_tensor(
+            quadrant_mask((4, 4), "upper-left").ravel()
+        )
+        pred, after = m(x, return_weights=True)
+        torch.testing.assert_close(m(x), pred)
+    mask = torch.as_tensor(quadrant_mask((4, 4), "upper-left").ravel())
+    assert float(after[:, :2, qi][..., mask].sum(-1).min()) > 0.99
+    torch.testing.assert_close(after[:, 2:], before[:, 2:])
 
 
 def test_image_centring_ignores_what_all_tokens_of_an_image_share():

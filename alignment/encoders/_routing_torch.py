@@ -19,13 +19,21 @@ class CrossAttention(nn.Module):
 
     ``keys = W_k (tokens + pos) + b_k``, ``values = W_v tokens + b_v``. The first
     ``position_heads`` heads drop the tokens from their keys (``W_k pos + b_k``): their
-    attention is one spatial map per query, the same for every image.
+    attention is one spatial map per query, the same for every image. With ``position_scale``
+    (> 0) their logits are multiplied by a learned per-head scale, initialised to it (kept as
+    its logarithm): a scale above 1 lets a few training steps make a spatial map peaked.
     """
 
-    def __init__(self, d: int, heads: int, position_heads: int = 0):
+    def __init__(self, d: int, heads: int, position_heads: int = 0, position_scale: float = 0.0):
         super().__init__()
         self.heads = heads
         self.position_heads = position_heads
+        self.log_position_scale = (
+            nn.Parameter(torch.full((position_heads,), math.log(position_scale)))
+            if position_heads and position_scale > 0
+            else None
+        )
+        self.spatial_bias = None  # (position heads, queries, tokens), set by the encoder
         self.q = nn.Linear(d, d)
         self.k = nn.Linear(d, d)
         self.v = nn.Linear(d, d)
@@ -47,14 +55,27 @@ class CrossAttention(nn.Module):
         nk = key.shape[1]
         hd = d // self.heads
         q = self.q(query).view(b, nq, self.heads, hd).transpose(1, 2)
+        if self.log_position_scale is not None:
+            # scaling a head's queries scales its logits (SDPA stays usable)
+            p = self.position_heads
+            scale = torch.cat([self.log_position_scale.exp(), q.new_ones(self.heads - p)])
+            q = q * scale.view(1, -1, 1, 1)
         k = self.keys(key, pos)
         v = self.v(value).view(b, nk, self.heads, hd).transpose(1, 2)
+        bias = None
+        if self.spatial_bias is not None:  # a learned logit per query and token (position heads)
+            rest = self.spatial_bias.new_zeros(self.heads - self.position_heads, nq, nk)
+            bias = torch.cat([self.spatial_bias, rest]).unsqueeze(0).to(q.dtype)
         if return_weights:
-            weights = torch.softmax((q @ k.transpose(-2, -1)) / math.sqrt(hd), dim=-1)
-            out = weights @ v
-            weights = weights.mean(1)  # average over heads: (b, nq, nk)
+            logits = (q @ k.transpose(-2, -1)) / math.sqrt(hd)
+            weights = torch.softmax(logits if bias is None else logits + bias, dim=-1)
+            out = weights @ v  # weights per head: (b, heads, nq, nk)
+            # what each head adds to the query's output: |W_out,h (weights_h @ v_h)|, kept for
+            # interpretation (b, heads, nq)
+            w_out = self.out.weight.view(d, self.heads, hd)
+            self.head_norms = torch.einsum("bhqe,dhe->bhqd", out, w_out).norm(dim=-1)
         else:
-            out = F.scaled_dot_product_attention(q, k, v)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
             weights = None
         return self.out(out.transpose(1, 2).reshape(b, nq, d)), weights
 
@@ -74,6 +95,11 @@ class TransformerBrainEncoder(nn.Module):
         hidden size, dropout.
     position_heads : int
         Heads whose keys are the positional encoding alone (see :class:`CrossAttention`).
+    position_scale : float
+        Initial learned scale of the position heads' logits (0: none).
+    position_bias : bool
+        A learned logit per query, position head and token (zero at the start) added to the
+        position heads' logits.
     """
 
     def __init__(
@@ -87,6 +113,8 @@ class TransformerBrainEncoder(nn.Module):
         ffn_dim,
         dropout,
         position_heads=0,
+        position_scale=0.0,
+        position_bias=False,
     ):
         super().__init__()
         d = width
@@ -99,7 +127,12 @@ class TransformerBrainEncoder(nn.Module):
         self.centre_image = False  # subtract each image's mean token first (token_centering)
         self.query = nn.Parameter(torch.randn(layout.n_queries, d))
         self.norm_attn = nn.LayerNorm(d)
-        self.attn = CrossAttention(d, n_heads, position_heads)
+        self.attn = CrossAttention(d, n_heads, position_heads, position_scale)
+        if position_bias and position_heads:
+            n_tokens = self.pos.shape[0]
+            self.attn.spatial_bias = nn.Parameter(
+                torch.zeros(position_heads, layout.n_queries, n_tokens)
+            )
         self.drop_attn = nn.Dropout(dropout)
         self.norm_ffn = nn.LayerNorm(d)
         self.ffn = nn.Sequential(
@@ -121,7 +154,8 @@ class TransformerBrainEncoder(nn.Module):
         self.register_buffer("inverse_order", torch.as_tensor(np.argsort(order)))
 
     def decode(self, tokens, return_weights: bool = False):
-        """Query tokens (batch, queries, width) and, optionally, attention weights."""
+        """Query tokens (batch, queries, width) and, optionally, attention weights per head
+        (batch, heads, queries, tokens)."""
         tokens = tokens.float()
         if self.centre_image:
             tokens = tokens - tokens.mean(1, keepdim=True)

@@ -246,6 +246,8 @@ def _build_module(
     dropout: float,
     positional: bool,
     position_heads: int = 0,
+    position_scale: float = 0.0,
+    position_bias: bool = False,
 ):
     """The transformer brain encoder as a torch ``nn.Module`` (see the module docstring)."""
     from alignment.encoders._routing_torch import TransformerBrainEncoder
@@ -270,6 +272,8 @@ def _build_module(
         ffn_dim=ffn_dim,
         dropout=dropout,
         position_heads=position_heads,
+        position_scale=position_scale,
+        position_bias=position_bias,
     )
 
 
@@ -336,7 +340,7 @@ def run_epoch(model, optimizer, X, Y, rows, batch_size, grad_clip, generator, de
 def _predict_batches(model, X, rows, batch_size, device, precision, weights=False):
     torch = _torch()
     model.eval()
-    preds, attn = [], []
+    preds, attn, norms = [], [], []
     with torch.no_grad():
         for start in range(0, len(rows), batch_size):
             idx = rows[start : start + batch_size].to(X.device)
@@ -345,10 +349,11 @@ def _predict_batches(model, X, rows, batch_size, device, precision, weights=Fals
             if weights:
                 preds.append(out[0].float())
                 attn.append(out[1].float())
+                norms.append(model.attn.head_norms.float())
             else:
                 preds.append(out.float())
     pred = torch.cat(preds) if preds else torch.zeros(0)
-    return (pred, torch.cat(attn)) if weights else pred
+    return (pred, torch.cat(attn), torch.cat(norms)) if weights else pred
 
 
 # --------------------------------------------------------------------------------------------
@@ -387,6 +392,19 @@ class RoutingEncoder(RegressorMixin, BaseEstimator):
         tokens: each query's attention in these heads is one spatial map shared by all images.
         0 (the reference) lets every head mix content and position; a few position heads let
         a position-bound ROI find its part of the image from few images (the demo's 240).
+    position_scale : float
+        With position heads: a learned per-head scale of their attention logits, initialised
+        to this value (0: no scale). The position heads' logits are linear in a sine encoding
+        whose weights move little in a short training; a scale of a few lets their maps
+        become peaked on the part of the image their ROI reads.
+    position_bias : bool
+        With position heads: a learned logit per ROI query, position head and token, zero at
+        the start, added to the position heads' logits: each ROI query can learn any spatial
+        map over the grid directly (a receptive field), not only maps linear in the sine
+        encoding.
+    position_lr : float
+        Learning-rate multiplier of the queries, the position scale and the position bias (1:
+        the same lr as every other parameter).
     lr, weight_decay : float
         AdamW parameters.
     batch_size : int
@@ -451,6 +469,9 @@ class RoutingEncoder(RegressorMixin, BaseEstimator):
         dropout=0.1,
         positional=True,
         position_heads=0,
+        position_scale=0.0,
+        position_bias=False,
+        position_lr=1.0,
         lr=5e-4,
         weight_decay=1e-4,
         batch_size=32,
@@ -478,6 +499,9 @@ class RoutingEncoder(RegressorMixin, BaseEstimator):
         self.dropout = dropout
         self.positional = positional
         self.position_heads = position_heads
+        self.position_scale = position_scale
+        self.position_bias = position_bias
+        self.position_lr = position_lr
         self.lr = lr
         self.weight_decay = weight_decay
         self.batch_size = batch_size
@@ -647,12 +671,24 @@ class RoutingEncoder(RegressorMixin, BaseEstimator):
             dropout=float(self.dropout),
             positional=bool(self.positional),
             position_heads=int(self.position_heads),
+            position_scale=float(self.position_scale),
+            position_bias=bool(self.position_bias),
         ).to(device)
         model.centre_image = self.token_centering == "image"
         model.token_mean = mean.to(device)
         model.token_scale = scale.to(device)
+        fast = [model.query]
+        for extra in (model.attn.log_position_scale, model.attn.spatial_bias):
+            if extra is not None:
+                fast.append(extra)
+        ids = {id(p) for p in fast}
+        groups = [{"params": [p for p in model.parameters() if id(p) not in ids]}]
+        if float(self.position_lr) != 1.0:
+            groups.append({"params": fast, "lr": float(self.lr) * float(self.position_lr)})
+        else:
+            groups[0]["params"] = list(model.parameters())
         optimizer = torch.optim.AdamW(
-            model.parameters(), lr=float(self.lr), weight_decay=float(self.weight_decay), fused=True
+            groups, lr=float(self.lr), weight_decay=float(self.weight_decay), fused=True
         )
         generator = torch.Generator().manual_seed(int(self.random_state))
         train_rows = torch.as_tensor(train)
@@ -741,35 +777,55 @@ class RoutingEncoder(RegressorMixin, BaseEstimator):
             self.precision,
             weights=weights,
         )
-        if weights:
-            return out[0].cpu().numpy(), out[1].cpu().numpy()
+        if weights:  # predictions, attention (samples, heads, queries, tokens), head norms
+            return tuple(o.cpu().numpy() for o in out)
         return out.cpu().numpy()
 
-    def attention(self, X) -> np.ndarray:
+    def attention(self, X, heads: bool = False) -> np.ndarray:
         """Cross-attention of every query over the token grid, averaged over heads.
+
+        Parameters
+        ----------
+        X : array (samples, tokens, units)
+        heads : bool
+            Return every head's attention instead of their mean; the first
+            ``position_heads`` heads read position only.
 
         Returns
         -------
-        ndarray (samples, queries, rows, columns)
+        ndarray (samples, queries, rows, columns), or (samples, heads, queries, rows, columns)
             Queries in the order of ``query_labels_``; each map sums to 1.
         """
-        _, weights = self._run(X, weights=True)
-        return weights.reshape(len(weights), -1, *self.token_grid_)
+        _, weights, _ = self._run(X, weights=True)  # (samples, heads, queries, tokens)
+        if not heads:
+            weights = weights.mean(1)
+        return weights.reshape(*weights.shape[:-1], *self.token_grid_)
 
     def interpret(self, X) -> dict[str, np.ndarray]:
         """Attention maps per ROI query for the CV loop: ``attention_<hemi>_<roi>`` ->
-        (samples, rows, columns).
+        (samples, rows, columns), the mean over heads, and ``head_attention_<hemi>_<roi>`` ->
+        (samples, heads, rows, columns), every head's (the first ``position_heads`` read
+        position only; :func:`label_attention` names the dimensions), and
+        ``head_norm_<hemi>_<roi>`` -> (samples, heads), the norm of what each head adds to the
+        query's output token (a head with a small norm barely shapes the prediction).
 
         In the per-vertex mode, an ROI's map is the mean over its vertices' queries.
         """
-        att = self.attention(X)
+        _, att, norms = self._run(X, weights=True)
+        att = att.reshape(*att.shape[:-1], *self.token_grid_)  # (samples, heads, queries, r, c)
         labels = self.layout_.labels
         wanted = None if self.attention_rois == "all" else {str(r) for r in self.attention_rois}
         out = {}
+
+        def put(h, r, per_head, norm):
+            out[f"attention_{h}_{r}"] = per_head.mean(1)
+            out[f"{HEAD_PREFIX}{h}_{r}"] = per_head
+            out[f"{NORM_PREFIX}{h}_{r}"] = norm
+
         if self.layout_.mode == "roi":
             for i, (h, r) in enumerate(labels):
                 if wanted is None or r in wanted:
-                    out[f"attention_{h}_{r}"] = att[:, i]
+                    put(h, r, att[:, :, i], norms[:, :, i])
             return out
         roi = np.asarray(self.roi if self.roi is not None else [], dtype=str)
         for h, qi, cols in zip(
@@ -778,8 +834,47 @@ class RoutingEncoder(RegressorMixin, BaseEstimator):
             for r in dict.fromkeys(roi[cols].tolist()):
                 name = REST if r == dims.NO_ROI else r
                 if wanted is None or name in wanted:
-                    out[f"attention_{h}_{name}"] = att[:, qi[roi[cols] == r]].mean(1)
+                    sel = qi[roi[cols] == r]
+                    put(h, name, att[:, :, sel].mean(2), norms[:, :, sel].mean(2))
         return out
+
+
+HEAD_PREFIX = "head_attention_"
+NORM_PREFIX = "head_norm_"  # per image and head: |W_out,h (attention_h @ values_h)|
+
+
+def label_attention(ds, encoder_spec: dict):
+    """Name the dimensions of the per-head maps of an ``attention.nc`` Dataset.
+
+    The CV loop names an interpretation's dimensions after its variable; the per-head maps
+    (``head_attention_<hemi>_<roi>``) get ``head``, ``row``, ``column`` and a ``position_head``
+    coordinate (bool per head: reads position only), from the encoder's spec; the per-head
+    output norms (``head_norm_<hemi>_<roi>``: how much each head adds to the query's output
+    token, per image) get ``head``.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+    encoder_spec : dict
+        The routing encoder's config entry (``n_heads``, ``position_heads``).
+
+    Returns
+    -------
+    xarray.Dataset
+    """
+    renames = {}
+    for name, var in ds.data_vars.items():
+        if str(name).startswith(HEAD_PREFIX):
+            renames.update(dict(zip(var.dims[-3:], ("head", "row", "column"), strict=True)))
+        elif str(name).startswith(NORM_PREFIX):
+            renames[var.dims[-1]] = "head"
+    if not renames:
+        return ds
+    ds = ds.rename(renames)
+    n_pos = int(encoder_spec.get("position_heads", 0))
+    ds = ds.assign_coords(position_head=("head", np.arange(ds.sizes["head"]) < n_pos))
+    ds.attrs["position_heads"] = n_pos
+    return ds
 
 
 def _mean_r(pred, target) -> float:

@@ -709,7 +709,11 @@ def _attention_html(
 ) -> str:
     """A few stimuli with the attention of each ROI's query overlaid, for encoders that
     report attention (routing)."""
-    from alignment.viz.attention import attention_maps, plot_attention_overlays
+    from alignment.viz.attention import (
+        attention_maps,
+        head_attention_maps,
+        plot_attention_overlays,
+    )
 
     keys = ("dataset", "model", "encoder", "subject")
     match = [
@@ -726,6 +730,11 @@ def _attention_html(
         best = str(scores[dims.LAYER].values[int(np.nanargmax(_nanmean(r, axis=1)))])
         layer = best if best in [str(x) for x in ds["layer"].values] else None
     maps = attention_maps(ds, layer)
+    # where attention.nc holds per-head maps, show the position-only heads: the heads that
+    # say where in the image a query reads (the mean over all heads dilutes them)
+    pos_maps, pos_heads = head_attention_maps(ds, layer, position=True, by_norm=True)
+    if pos_maps:
+        maps = pos_maps
     maps = {k: v for k, v in maps.items() if not k.endswith(" rest")}
     if not maps:
         return ""
@@ -750,6 +759,15 @@ def _attention_html(
         "Cross-attention of each ROI's query over the patch tokens (mean over heads, bilinearly "
         "upsampled; brighter = more attention), for test images of the cross-validation."
     )
+    if pos_maps:
+        n_heads = ds.sizes.get("head", len(pos_heads))
+        caption = caption.replace(
+            "mean over heads",
+            f"mean over the {len(pos_heads)} position-only heads {pos_heads} of {n_heads}, whose "
+            "keys carry only the positional encoding (one map for the test images of a fold), "
+            "each head weighted by the norm of what it adds to the query's output; every head's "
+            "map, including the content heads that follow the image, is in attention.nc",
+        )
     if note:
         caption += " " + note
     return (

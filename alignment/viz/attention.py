@@ -13,9 +13,10 @@ import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
 
-__all__ = ["attention_maps", "plot_attention_overlays", "upsample_map"]
+__all__ = ["attention_maps", "head_attention_maps", "plot_attention_overlays", "upsample_map"]
 
 PREFIX = "attention_"
+HEAD_PREFIX = "head_attention_"
 
 
 def attention_maps(ds: xr.Dataset, layer: str | None = None) -> dict[str, np.ndarray]:
@@ -34,6 +35,58 @@ def attention_maps(ds: xr.Dataset, layer: str | None = None) -> dict[str, np.nda
         hemi, _, roi = str(name)[len(PREFIX) :].partition("_")
         out[f"{hemi} {roi}"] = np.asarray(var.values, dtype=np.float32)
     return out
+
+
+def head_attention_maps(
+    ds: xr.Dataset, layer: str | None = None, position: bool = True, by_norm: bool = False
+) -> tuple[dict[str, np.ndarray], list[int]]:
+    """Maps of the position-only heads (or the other heads) of an ``attention.nc`` Dataset.
+
+    Reads the per-head variables ``head_attention_<hemi>_<roi>`` (stimulus, head, row,
+    column) and the ``position_head`` coordinate written by
+    :func:`alignment.encoders.routing.label_attention`, and averages the chosen heads.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+    layer : str, optional
+        With a ``layer`` dimension, the layer (default: the last).
+    position : bool
+        Average the position-only heads (True) or the others (False).
+    by_norm : bool
+        Weight each head, per image, by the norm of what it adds to the query's output
+        (``head_norm_<hemi>_<roi>``), so heads the query barely uses count little; a plain
+        mean where the norms are missing.
+
+    Returns
+    -------
+    maps : dict
+        ``{"<hemi> <roi>": (stimuli, rows, columns)}``; empty when the Dataset has no per-head
+        maps or no head of the kind asked for.
+    heads : list of int
+        The heads averaged.
+    """
+    if "layer" in ds.dims:
+        ds = ds.sel(layer=layer) if layer is not None else ds.isel(layer=-1)
+    if "position_head" not in ds.coords:
+        return {}, []
+    chosen = np.flatnonzero(np.asarray(ds["position_head"].values, dtype=bool) == position)
+    if not len(chosen):
+        return {}, []
+    out = {}
+    for name, var in ds.data_vars.items():
+        if not str(name).startswith(HEAD_PREFIX) or "head" not in var.dims:
+            continue
+        hemi, _, roi = str(name)[len(HEAD_PREFIX) :].partition("_")
+        values = var.isel(head=chosen)
+        norm_name = f"head_norm_{hemi}_{roi}"
+        if by_norm and norm_name in ds and "head" in ds[norm_name].dims:
+            w = ds[norm_name].isel(head=chosen)
+            values = (values * w).sum("head") / w.sum("head").clip(min=1e-12)
+        else:
+            values = values.mean("head")
+        out[f"{hemi} {roi}"] = np.asarray(values.values, dtype=np.float32)
+    return out, [int(h) for h in chosen]
 
 
 def upsample_map(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
