@@ -6,7 +6,8 @@ row-major over the patch grid; CLS and register tokens dropped).
 The image path (no torchvision):
 
 - worker processes (a torch DataLoader, one per available core but one, forked) read and decode
-  the files in small sub-batches, in order; a pin-memory thread puts them in page-locked memory;
+  the files in small sub-batches, in order, each straight into a free slot of a ring of shared
+  buffers made before the fork (page-locked on CUDA) and returned once uploaded;
 - for processors that resize to a fixed height x width with bilinear or bicubic filtering and
   then rescale and normalise (ViT, SigLIP), the workers only decode: the uint8 pixels go to the
   device as they are (one packed buffer per sub-batch, copied on a side stream while the
@@ -27,6 +28,7 @@ next batch is fetched and uploaded while the current one runs.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import json
@@ -169,13 +171,15 @@ class ImageFiles(torch.utils.data.Dataset):
     """Sub-batches of images: decoded uint8 pixels, or the processor's output.
 
     Item ``k`` is images ``[k * sub, (k + 1) * sub)`` of ``paths``: for the device path a
-    packed uint8 buffer and its (height, width) shapes, else the processor's pixel values.
+    packed uint8 buffer and its (height, width) shapes (with a :class:`SlotRing`: the slot
+    index, byte count and shapes), else the processor's pixel values.
     """
 
     def __init__(self, paths, sub: int, proc, fast: dict | None, draft: bool):
         self.paths, self.sub, self.proc, self.fast = list(paths), int(sub), proc, fast
         self.draft = fast["size"] if (draft and fast) else None
         self._hdf5 = None
+        self.ring: SlotRing | None = None  # set before the workers fork
 
     def __len__(self) -> int:
         return -(-len(self.paths) // self.sub)
@@ -195,12 +199,55 @@ class ImageFiles(torch.utils.data.Dataset):
         arrays = [np.asarray(im) for im in images]
         # shapes as a numpy array: pickled inline, not one more shared-memory file to pass
         shapes = np.array([a.shape[:2] for a in arrays], dtype=np.int64).reshape(-1, 2)
-        flat = _empty_uint8(sum(a.size for a in arrays))
+        n = sum(a.size for a in arrays)
+        ring = self.ring
+        if ring is not None and n <= ring.slots.shape[1]:
+            k = ring.free.get()  # waits while every slot is in use (see SlotRing)
+            flat = ring.slots[k, :n]
+        else:  # in this process, or larger than a slot: a fresh buffer
+            k, flat = None, _empty_uint8(n)
         out, o = flat.numpy(), 0
         for a in arrays:  # each image straight into the shared buffer (one copy)
             out[o : o + a.size] = a.reshape(-1)
             o += a.size
-        return flat, shapes
+        return _Slot(k, n, shapes) if k is not None else (flat, shapes)
+
+
+_Slot = collections.namedtuple("_Slot", "index nbytes shapes")  # a sub-batch in a ring slot
+
+
+class SlotRing:
+    """Reusable shared-memory buffers for decoded sub-batches, made before the workers fork.
+
+    A worker takes a free slot index from ``free``, decodes into ``slots[k]`` and returns only
+    ``k`` and the shapes (no fresh shared-memory file per sub-batch, whose first-touch page
+    faults cost about ten times the copy). The main process puts ``k`` back once the batch is
+    consumed (on CUDA: once its host-to-device copy has completed). With ``n`` slots =
+    workers x prefetch (the DataLoader's items in flight) + one batch's sub-batches (held by
+    the consumer), a free slot always exists when a worker asks: no overwrite, no deadlock.
+    """
+
+    def __init__(self, n: int, nbytes: int, context):
+        storage = torch.UntypedStorage._new_shared(n * nbytes)
+        self.slots = torch.empty(0, dtype=torch.uint8).set_(storage).view(n, nbytes)
+        self.free = context.SimpleQueue()
+        for k in range(n):
+            self.free.put(k)
+        self.pinned = False
+
+    def pin(self) -> bool:
+        """Register the slots as page-locked (CUDA), so uploads from them are asynchronous."""
+        cudart = torch.cuda.cudart()
+        err = cudart.cudaHostRegister(self.slots.data_ptr(), self.slots.numel(), 0)
+        self.pinned = int(getattr(err, "value", err)) == 0
+        if not self.pinned:
+            log.warning("cannot page-lock the decoding buffers (cudaHostRegister: %s)", err)
+        return self.pinned
+
+    def unpin(self) -> None:
+        if self.pinned:
+            torch.cuda.cudart().cudaHostUnregister(self.slots.data_ptr())
+            self.pinned = False
 
 
 class _Failed(str):
@@ -245,14 +292,7 @@ def _fit_shared_memory(path, workers: int, sub: int, fast) -> tuple[int, int]:
         free = shutil.disk_usage("/dev/shm").free
     except OSError:
         return workers, 4
-    try:
-        from PIL import Image
-
-        with Image.open(path) as img:
-            w, h = img.size
-    except Exception:
-        w, h = 640, 480
-    per_image = w * h * 3 if fast else 3 * 4 * 224 * 224 * 4
+    per_image = _image_bytes(path) if fast else 3 * 4 * 224 * 224 * 4
     for prefetch in (4, 2, 1):
         if workers * prefetch * sub * per_image * 2 <= free:
             return workers, prefetch
@@ -264,8 +304,15 @@ def _fit_shared_memory(path, workers: int, sub: int, fast) -> tuple[int, int]:
     return (fitted if fitted > 1 else 0), 1
 
 
-def host_batches(paths, *, proc, fast, draft, batch_size, start, n_workers, device, info=None):
-    """Yield ``(row_start, row_stop, [sub-batch, ...])`` read by worker processes, in order."""
+def host_batches(
+    paths, *, proc, fast, draft, batch_size, start, n_workers, device, info=None, copy_stream=None
+):
+    """Yield ``(row_start, row_stop, [sub-batch, ...])`` read by worker processes, in order.
+
+    With workers on the device path the sub-batches are views of reusable shared slots
+    (:class:`SlotRing`, page-locked on CUDA): a batch's views are valid until the generator is
+    resumed, which first waits for ``copy_stream`` (the stream that uploads them) to finish.
+    """
     n = len(paths) - start
     if n <= 0:
         return
@@ -276,8 +323,17 @@ def host_batches(paths, *, proc, fast, draft, batch_size, start, n_workers, devi
     sub = max(1, min(batch_size, -(-batch_size // max(1, workers)), 32))
     # each model batch is a whole number of sub-batches
     sub = next(s for s in range(sub, 0, -1) if batch_size % s == 0)
+    per_batch = batch_size // sub
     data = ImageFiles(paths[start:], sub, proc, fast, draft)
     workers, prefetch = _fit_shared_memory(paths[start], workers, sub, fast)
+    context = None
+    if workers and hasattr(os, "fork"):
+        import multiprocessing
+
+        context = multiprocessing.get_context("fork")
+    if fast and context is not None:  # slots sized from the first image; larger go fresh
+        data.ring = SlotRing(workers * prefetch + per_batch, sub * _image_bytes(paths[start]),
+                             context)  # fmt: skip
     if info is not None:
         info["decode_workers"] = workers
     loader = torch.utils.data.DataLoader(
@@ -285,28 +341,63 @@ def host_batches(paths, *, proc, fast, draft, batch_size, start, n_workers, devi
         batch_size=None,
         collate_fn=_unbatched,
         num_workers=workers,
-        pin_memory=device.type == "cuda",
+        pin_memory=device.type == "cuda" and data.ring is None,
         prefetch_factor=prefetch if workers else None,
-        multiprocessing_context="fork" if workers and hasattr(os, "fork") else None,
+        multiprocessing_context=context,
     )
-    per_batch = batch_size // sub
-    group, a = [], start
+    ring = data.ring
+    group, held, a = [], [], start
     t0 = time.perf_counter()
     items = iter(loader)  # forks the workers
+    if ring is not None and device.type == "cuda":
+        ring.pin()  # after the fork: the workers never touch CUDA
     if info is not None:
         info["workers_start_s"] = time.perf_counter() - t0
-    for item in items:
-        if isinstance(item, _Failed):
-            raise InputError(str(item))
-        group.append(item)
-        if len(group) == per_batch:
-            b = min(a + batch_size, len(paths))
-            if info is not None and "first_batch_s" not in info:
-                info["first_batch_s"] = time.perf_counter() - t0
-            yield a, b, group
-            group, a = [], b
-    if group:
-        yield a, len(paths), group
+    try:
+        for item in items:
+            if isinstance(item, _Failed):
+                raise InputError(str(item))
+            if isinstance(item, _Slot):
+                held.append(item.index)
+                item = (ring.slots[item.index, : item.nbytes], item.shapes)
+            group.append(item)
+            if len(group) == per_batch:
+                b = min(a + batch_size, len(paths))
+                if info is not None and "first_batch_s" not in info:
+                    info["first_batch_s"] = time.perf_counter() - t0
+                yield a, b, group
+                _release(ring, held, copy_stream)
+                group, held, a = [], [], b
+        if group:
+            yield a, len(paths), group
+            _release(ring, held, copy_stream)
+    finally:
+        del items  # the workers stop before the slots are unregistered
+        if ring is not None:
+            if copy_stream is not None:
+                copy_stream.synchronize()
+            ring.unpin()
+
+
+def _release(ring, held, copy_stream) -> None:
+    """Give a consumed batch's slots back to the workers, once its upload has completed."""
+    if held:
+        if copy_stream is not None:
+            copy_stream.synchronize()  # only the uploads run there, not the model
+        for k in held:
+            ring.free.put(k)
+
+
+def _image_bytes(path) -> int:
+    """Bytes of one decoded RGB image, from the file's header (640 x 480 if unreadable)."""
+    try:
+        from PIL import Image
+
+        with Image.open(path) as img:
+            w, h = img.size
+    except Exception:
+        w, h = 640, 480
+    return w * h * 3
 
 
 # ----------------------------------------------------------------------------- device side
@@ -490,7 +581,7 @@ def image_batches(
     stream = torch.cuda.Stream(device) if cuda else None
     batches = host_batches(
         list(paths), proc=proc, fast=fast, draft=jpeg_draft, batch_size=batch_size,
-        start=start, n_workers=n_workers, device=device, info=info,
+        start=start, n_workers=n_workers, device=device, info=info, copy_stream=stream,
     )  # fmt: skip
 
     def uploaded():
