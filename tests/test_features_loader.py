@@ -142,3 +142,39 @@ def test_device_preprocessing_of_photos_is_the_processors(tiny_vit, tmp_path):
     got = (exact / 255 - 0.5) / 0.5
     torch.testing.assert_close(got, want["pixel_values"], rtol=0, atol=1e-6)
     assert vision.preprocessing(proc).count("device-pil-weights") == 1
+
+
+def test_workers_reuse_slots_without_overwriting_a_batch(tiny_vit, tmp_path):
+    """Two forked workers, more sub-batches than ring slots: slots are reused, every batch
+    (consumed before the next is asked for) holds its own images, and an image larger than a
+    slot comes in a buffer of its own."""
+    from PIL import Image
+    from transformers import AutoImageProcessor
+
+    from alignment.features.vision import fast_path, host_batches
+
+    rng = np.random.default_rng(2)
+    paths, arrays = [], []
+    for k in range(40):
+        w, h = (48, 36) if k != 30 else (64, 48)  # image 30 does not fit a slot
+        arrays.append(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        paths.append(str(tmp_path / f"im{k}.png"))
+        Image.fromarray(arrays[-1]).save(paths[-1])
+    proc = AutoImageProcessor.from_pretrained(tiny_vit)
+    fast = fast_path(proc)
+    buffers, n = set(), 0
+    for a, b, group in host_batches(
+        paths, proc=proc, fast=fast, draft=False, batch_size=2, start=0, n_workers=2,
+        device=torch.device("cpu"),
+    ):  # fmt: skip
+        assert len(group) == 2  # sub-batches of one image
+        for k, (flat, shapes) in zip(range(a, b), group, strict=True):
+            np.testing.assert_array_equal(flat.numpy().reshape(arrays[k].shape), arrays[k])
+            assert shapes.tolist() == [list(arrays[k].shape[:2])]
+            # a view of the ring's one storage, but image 30 (a buffer of its own)
+            in_ring = flat.untyped_storage().nbytes() > flat.numel()
+            assert in_ring == (k != 30)
+            buffers.add(flat.data_ptr())
+            n += 1
+    assert n == 40
+    assert len(buffers) < 39  # reused slots: at most workers x prefetch + 2
