@@ -130,6 +130,34 @@ def build_tiny_llava(
     return path
 
 
+def _idefics_like(path, texts, family, *, image_size, patch_size, hidden_size, n_layers, seed):
+    """Save a small random Idefics3-architecture model (``family``: Idefics3 or SmolVLM) and
+    return its tokenizer, image-processor settings and number of image tokens."""
+    import transformers as tf
+
+    specials = (IMAGE_TOKEN, "<fake_token_around_image>", "<global-img>", "<end_of_utterance>")
+    tok = train_tokenizer(texts, 400, extra_special=specials)
+    vision = dict(
+        hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,
+        num_attention_heads=2, image_size=image_size, patch_size=patch_size,
+    )  # fmt: skip
+    text = {"model_type": "llama", **_text_config(len(tok), hidden_size, n_layers, 0.02)}
+    config = getattr(tf, f"{family}Config")(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN),
+        scale_factor=2,
+    )
+    torch.manual_seed(seed)
+    getattr(tf, f"{family}ForConditionalGeneration")(config).save_pretrained(path)
+    image_settings = dict(
+        size={"longest_edge": image_size},
+        max_image_size={"longest_edge": image_size},
+        do_image_splitting=False,
+    )
+    return tok, image_settings, (image_size // patch_size) ** 2 // 4
+
+
 def build_tiny_idefics3(
     path, texts, *, image_size=32, patch_size=8, hidden_size=32, n_layers=2, seed=0
 ) -> Path:
@@ -137,31 +165,11 @@ def build_tiny_idefics3(
     import transformers as tf
 
     path = Path(path)
-    specials = (IMAGE_TOKEN, "<fake_token_around_image>", "<global-img>", "<end_of_utterance>")
-    tok = train_tokenizer(texts, 400, extra_special=specials)
-    vision = dict(
-        hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=image_size,
-        patch_size=patch_size,
-    )
-    text = {"model_type": "llama", **_text_config(len(tok), hidden_size, n_layers, 0.02)}
-    config = tf.Idefics3Config(
-        vision_config=vision,
-        text_config=text,
-        image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN),
-        scale_factor=2,
-    )
-    torch.manual_seed(seed)
-    tf.Idefics3ForConditionalGeneration(config).save_pretrained(path)
-    ip = tf.Idefics3ImageProcessor(
-        size={"longest_edge": image_size},
-        max_image_size={"longest_edge": image_size},
-        do_image_splitting=False,
-    )
-    n_tokens = (image_size // patch_size) ** 2 // 4
+    tok, image_settings, n_tokens = _idefics_like(
+        path, texts, "Idefics3", image_size=image_size, patch_size=patch_size,
+        hidden_size=hidden_size, n_layers=n_layers, seed=seed,
+    )  # fmt: skip
+    ip = tf.Idefics3ImageProcessor(**image_settings)
     tf.Idefics3Processor(image_processor=ip, tokenizer=tok, image_seq_len=n_tokens).save_pretrained(
         path
     )
@@ -287,27 +295,11 @@ def build_tiny_smolvlm(
     import transformers as tf
 
     path = Path(path)
-    specials = (IMAGE_TOKEN, "<fake_token_around_image>", "<global-img>", "<end_of_utterance>")
-    tok = train_tokenizer(texts, 400, extra_special=specials)
-    vision = dict(
-        hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,
-        num_attention_heads=2, image_size=image_size, patch_size=patch_size,
+    tok, image_settings, n_tokens = _idefics_like(
+        path, texts, "SmolVLM", image_size=image_size, patch_size=patch_size,
+        hidden_size=hidden_size, n_layers=n_layers, seed=seed,
     )  # fmt: skip
-    text = {"model_type": "llama", **_text_config(len(tok), hidden_size, n_layers, 0.02)}
-    config = tf.SmolVLMConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN),
-        scale_factor=2,
-    )
-    torch.manual_seed(seed)
-    tf.SmolVLMForConditionalGeneration(config).save_pretrained(path)
-    ip = tf.SmolVLMImageProcessorPil(
-        size={"longest_edge": image_size},
-        max_image_size={"longest_edge": image_size},
-        do_image_splitting=False,
-    )
-    n_tokens = (image_size // patch_size) ** 2 // 4
+    ip = tf.SmolVLMImageProcessorPil(**image_settings)
     _save_image_only_processor(path, "SmolVLMProcessor", ip, tok, image_seq_len=n_tokens)
     _mark_untrained(path)
     return path
