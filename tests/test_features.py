@@ -5,22 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from _images import write_image_table
 
 from alignment import dims
 from alignment.features import cache_key, extract_features, random_features
 from alignment.io import InputError, read_zarr_attrs, read_zarr_layers, write_zarr_layers
-from alignment.stimuli.images import generate_images
 from alignment.stimuli.narrative import generate_story, time_words
 
 
 @pytest.fixture(scope="module")
 def image_table(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("images")
-    images, table = generate_images(12, image_size=32, random_state=1)
-    for img, sid in zip(images, table["stimulus_id"], strict=True):
-        img.save(folder / f"{sid}.png")
-    table["path"] = [str(folder / f"{sid}.png") for sid in table["stimulus_id"]]
-    return table
+    return write_image_table(tmp_path_factory.mktemp("images"), 12, random_state=1)
 
 
 def test_image_features_every_layer_keyed_by_id(tiny_vit, image_table):

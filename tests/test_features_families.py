@@ -10,12 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from _images import write_image_table
 
 from alignment import dims
 from alignment.features import cache_key, extract_features, resolve_layers
 from alignment.features.text import plan_windows
 from alignment.io import InputError
-from alignment.stimuli.images import generate_images, load_images
+from alignment.stimuli.images import load_images
 from alignment.stimuli.narrative import generate_story, time_words
 
 
@@ -208,12 +209,7 @@ def test_sentences_last_and_mean(decoders, minilm_path):
 
 @pytest.fixture(scope="module")
 def image_table(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("family-images")
-    images, table = generate_images(5, image_size=32, random_state=4)
-    for img, sid in zip(images, table["stimulus_id"], strict=True):
-        img.save(folder / f"{sid}.png")
-    table["path"] = [str(folder / f"{sid}.png") for sid in table["stimulus_id"]]
-    return table
+    return write_image_table(tmp_path_factory.mktemp("family-images"), 5, random_state=4)
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _images import write_image_table
 
 from alignment import dims
 from alignment.features import extract_features, tiny
 from alignment.features.multimodal import image_only_processor
-from alignment.stimuli.images import generate_images, load_images
+from alignment.stimuli.images import load_images
 from alignment.stimuli.narrative import generate_story
 
 
@@ -41,12 +42,7 @@ FAMILIES = {
 
 @pytest.fixture(scope="module")
 def image_table(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("mllm-family-images")
-    images, table = generate_images(3, image_size=32, random_state=6)
-    for img, sid in zip(images, table["stimulus_id"], strict=True):
-        img.save(folder / f"{sid}.png")
-    table["path"] = [str(folder / f"{sid}.png") for sid in table["stimulus_id"]]
-    return table
+    return write_image_table(tmp_path_factory.mktemp("mllm-family-images"), 3, random_state=6)
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))

@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _images import write_image_table
 
 from alignment import dims
 from alignment.features import extract_features
 from alignment.features.tiny import IMAGE_TOKEN, build_tiny_idefics3, build_tiny_llava
 from alignment.io import InputError
-from alignment.stimuli.images import generate_images, load_images
+from alignment.stimuli.images import load_images
 from alignment.stimuli.narrative import generate_story
 
 
@@ -28,12 +29,7 @@ TEXTS = [*generate_story(80, random_state=0), "Describe the image.", "What colou
 
 @pytest.fixture(scope="module")
 def image_table(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("mllm-images")
-    images, table = generate_images(4, image_size=32, random_state=6)
-    for img, sid in zip(images, table["stimulus_id"], strict=True):
-        img.save(folder / f"{sid}.png")
-    table["path"] = [str(folder / f"{sid}.png") for sid in table["stimulus_id"]]
-    return table
+    return write_image_table(tmp_path_factory.mktemp("mllm-images"), 4, random_state=6)
 
 
 @pytest.fixture(scope="module")

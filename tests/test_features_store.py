@@ -13,13 +13,13 @@ import time
 import numpy as np
 import pytest
 import torch
+from _images import write_image_table
 
 from alignment import dims
 from alignment.cli import main
 from alignment.features import extract_features, extract_to_store, prepare
 from alignment.features.store import partial_path, write_store
 from alignment.io import InputError, read_zarr_attrs, read_zarr_layers
-from alignment.stimuli.images import generate_images
 
 
 @pytest.fixture(autouse=True)
@@ -32,11 +32,7 @@ def _one_torch_thread():
 
 
 def _images(folder, n, seed=5):
-    folder.mkdir(parents=True, exist_ok=True)
-    images, table = generate_images(n, image_size=32, random_state=seed)
-    for img, sid in zip(images, table["stimulus_id"], strict=True):
-        img.save(folder / f"{sid}.png")
-    table["path"] = [str(folder / f"{sid}.png") for sid in table["stimulus_id"]]
+    table = write_image_table(folder, n, random_state=seed)
     table[["stimulus_id", "path"]].to_csv(folder / "stimuli.tsv", sep="\t", index=False)
     return table
 

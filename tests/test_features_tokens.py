@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _images import write_image_table
 
 from alignment import dims
 from alignment.features import extract_features
 from alignment.io import read_zarr_attrs, read_zarr_layers, write_zarr_layers
-from alignment.stimuli.images import generate_images, load_images
+from alignment.stimuli.images import load_images
 
 
 @pytest.fixture(autouse=True)
@@ -23,12 +24,7 @@ def _one_torch_thread():
 
 @pytest.fixture(scope="module")
 def image_table(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("token-images")
-    images, table = generate_images(6, image_size=32, random_state=3)
-    for img, sid in zip(images, table["stimulus_id"], strict=True):
-        img.save(folder / f"{sid}.png")
-    table["path"] = [str(folder / f"{sid}.png") for sid in table["stimulus_id"]]
-    return table
+    return write_image_table(tmp_path_factory.mktemp("token-images"), 6, random_state=3)
 
 
 @pytest.fixture(scope="module")
