@@ -455,10 +455,11 @@ def test_position_scale_multiplies_the_position_heads_logits():
     torch.testing.assert_close(after[:, 2:], before[:, 2:])
 
 
-def test_image_centring_ignores_what_all_tokens_of_an_image_share():
+@pytest.mark.parametrize("centering", ["image", "median"])
+def test_image_centring_ignores_what_all_tokens_of_an_image_share(centering):
     d = synthetic_routing_data(n_images=40, grid=(4, 4), width=16, n_voxels=2, random_state=2)
     kw = {"roi": d["roi"], "hemi": d["hemi"], "token_grid": d["grid"], "n_heads": 2}
-    enc = RoutingEncoder(token_centering="image", max_epochs=2, verbose=False, **kw)
+    enc = RoutingEncoder(token_centering=centering, max_epochs=2, verbose=False, **kw)
     enc.fit(d["X"], d["Y"])
     shift = np.random.default_rng(0).normal(0, 3, (40, 1, 16)).astype(np.float32)
     np.testing.assert_allclose(
@@ -467,3 +468,32 @@ def test_image_centring_ignores_what_all_tokens_of_an_image_share():
     for bad in ({"token_centering": "pixel"}, {"select_on": "mse"}):
         with pytest.raises(InputError, match=next(iter(bad))):
             RoutingEncoder(verbose=False, **kw, **bad).fit(d["X"], d["Y"])
+
+
+def test_mean_centring_copies_a_quadrant_into_the_other_tokens():
+    # white-noise tokens on a per-image background, an object in the upper-left quadrant
+    torch = pytest.importorskip("torch")
+    from alignment.encoders._routing_torch import centre_tokens
+
+    rng = np.random.default_rng(0)
+    n, grid, width = 400, (8, 8), 8
+    X = rng.standard_normal((n, 64, width)) + rng.normal(0, 3, (n, 1, width))
+    inside = quadrant_mask(grid, "upper-left").ravel()
+    held = rng.normal(0, 2, (n, 1, width))  # what the upper-left quadrant holds
+    X[:, inside] += held
+    X = torch.as_tensor(X, dtype=torch.float32)
+
+    def r_outside_vs_inside(how):
+        c = centre_tokens(X, how).numpy()
+        return np.corrcoef(c[:, ~inside, 0].mean(1), held[:, 0, 0])[0, 1]
+
+    # the image mean: the rest of the image reads minus the quadrant (r about -1), so attending
+    # outside the quadrant predicts what it holds; uncentred, the rest knows nothing of it. The
+    # median is moved less by a quadrant (on the demo's tokens far less, see
+    # benchmarks/routing_demo.py --regions), but here a quarter of the tokens moves it too.
+    r = {how: r_outside_vs_inside(how) for how in ("image", "median", None)}
+    assert r["image"] < -0.98
+    assert r["image"] < r["median"] < -0.5
+    assert abs(r[None]) < 0.2
+    with pytest.raises(ValueError, match="centring"):
+        centre_tokens(X, "pixel")

@@ -14,6 +14,37 @@ from torch import nn
 from torch.nn import functional as F
 
 
+def centre_tokens(tokens, how=None):
+    """Tokens (batch, tokens, width) minus a statistic of the same image's tokens, per unit.
+
+    Parameters
+    ----------
+    tokens : Tensor (batch, tokens, width)
+    how : {"image", "median"} or None
+        ``image``: each image's mean token; ``median``: each image's median token (per unit);
+        None: the tokens unchanged.
+
+    Returns
+    -------
+    Tensor (batch, tokens, width)
+
+    Notes
+    -----
+    Both remove what most of an image's tokens share (an early layer's background brightness
+    and colour). The mean also mixes every region's content into every token (minus
+    ``1 / n_tokens`` of it), so tokens outside a region come to predict what the region
+    drives nearly as well as the region does, and a query's attention is no longer tied to
+    the region; the median of mostly-background tokens moves less with one region's content.
+    """
+    if how is None:
+        return tokens
+    if how == "image":
+        return tokens - tokens.mean(1, keepdim=True)
+    if how == "median":
+        return tokens - tokens.median(1, keepdim=True).values
+    raise ValueError(f"unknown token centring {how!r}")
+
+
 class CrossAttention(nn.Module):
     """Multi-head cross-attention whose keys are the tokens plus a positional encoding.
 
@@ -124,7 +155,7 @@ class TransformerBrainEncoder(nn.Module):
         self.register_buffer("pos", torch.as_tensor(np.asarray(pos), dtype=torch.float32))
         self.register_buffer("token_mean", torch.zeros(width_in))
         self.register_buffer("token_scale", torch.ones(width_in))
-        self.centre_image = False  # subtract each image's mean token first (token_centering)
+        self.centering = None  # "image" or "median": see centre_tokens (token_centering)
         self.query = nn.Parameter(torch.randn(layout.n_queries, d))
         self.norm_attn = nn.LayerNorm(d)
         self.attn = CrossAttention(d, n_heads, position_heads, position_scale)
@@ -157,8 +188,7 @@ class TransformerBrainEncoder(nn.Module):
         """Query tokens (batch, queries, width) and, optionally, attention weights per head
         (batch, heads, queries, tokens)."""
         tokens = tokens.float()
-        if self.centre_image:
-            tokens = tokens - tokens.mean(1, keepdim=True)
+        tokens = centre_tokens(tokens, self.centering)
         mem = self.proj((tokens - self.token_mean) / self.token_scale)
         tgt = torch.zeros(mem.shape[0], self.query.shape[0], mem.shape[2], device=mem.device)
         q = self.norm_attn(tgt) + self.query

@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 REST = "rest"  # label of the query that serves vertices in no ROI
 MODES = ("roi", "vertex")
 PRECISIONS = ("fp32", "bf16")
-CENTERINGS = ("unit", "position", "image")
+CENTERINGS = ("unit", "position", "image", "median")
+IMAGE_CENTERINGS = ("image", "median")  # within each image first, then the training mean
 
 
 # --------------------------------------------------------------------------------------------
@@ -430,7 +431,7 @@ class RoutingEncoder(RegressorMixin, BaseEstimator):
         ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:1``...
     attention_rois : "all" or list of str
         ROIs whose attention :meth:`interpret` returns.
-    token_centering : {"unit", "position", "image"}
+    token_centering : {"unit", "position", "image", "median"}
         Subtract the training mean per unit (default), or per token position and unit, or
         first each image's own mean token (then scale per unit). The per-position mean carries
         no stimulus information but holds the backbone's own position embedding; removing it
@@ -438,7 +439,11 @@ class RoutingEncoder(RegressorMixin, BaseEstimator):
         image shares (e.g. an early layer's background brightness and colour), so a token says
         how its patch differs from the rest of the image: a query that attends to one region
         then reads that region's contrast to the image without attending elsewhere too (global
-        image statistics are lost to the queries).
+        image statistics are lost to the queries). But the mean holds ``1 / n_tokens`` of every
+        region, so each token also carries minus the others' content: tokens outside a
+        region come to predict what it drives, and the attention is no longer tied to it.
+        ``median`` subtracts each image's median token (per unit) instead: the background,
+        moved less by one region's content (on the demo's layer-0 tokens, far less).
     random_state : int
     verbose : bool
         Show a progress bar with the validation loss.
@@ -674,7 +679,7 @@ class RoutingEncoder(RegressorMixin, BaseEstimator):
             position_scale=float(self.position_scale),
             position_bias=bool(self.position_bias),
         ).to(device)
-        model.centre_image = self.token_centering == "image"
+        model.centering = self.token_centering if self.token_centering in IMAGE_CENTERINGS else None
         model.token_mean = mean.to(device)
         model.token_scale = scale.to(device)
         fast = [model.query]
@@ -887,16 +892,18 @@ def _mean_r(pred, target) -> float:
 
 def _token_stats(Xt, rows, centering: str = "unit", chunk: int = 256):
     """Mean (per token position and unit, or per unit) and per-unit standard deviation of the
-    tokens of ``rows``, accumulated in float64 (``image``: of the tokens minus each image's
-    mean token, as the model sees them)."""
+    tokens of ``rows``, accumulated in float64 (``image``, ``median``: of the tokens minus
+    each image's mean or median token, as the model sees them)."""
     torch = _torch()
+    from alignment.encoders._routing_torch import centre_tokens
+
     n_tokens, width = Xt.shape[1], Xt.shape[2]
     total = torch.zeros(n_tokens, width, dtype=torch.float64, device=Xt.device)
     sq = torch.zeros_like(total)
     for start in range(0, len(rows), chunk):
         x = Xt[rows[start : start + chunk]].double()
-        if centering == "image":
-            x = x - x.mean(1, keepdim=True)
+        if centering in IMAGE_CENTERINGS:
+            x = centre_tokens(x, centering)
         total += x.sum(0)
         sq += (x * x).sum(0)
     count = len(rows)
