@@ -13,7 +13,8 @@ outer fold (``--n-folds``/``--cv-seed`` must match the dataset's cv: the demo's 
 a head's map is one per fold, so a mean over folds can hide heads that sit in the quadrant in
 some folds and elsewhere in others. With ``--regions``, also how well each region's tokens
 predict the retinotopic vertices (5-fold ridge, mean r over the right hemisphere's vertices),
-from the raw tokens and from the tokens minus their image's mean (``token_centering: image``):
+from the raw tokens and from the tokens minus their image's mean (``token_centering: image``)
+or median (``median``):
 where tokens outside the quadrant predict it nearly as well, the loss does not tell the query
 to attend inside.
 
@@ -119,7 +120,8 @@ def per_fold_mass(heads, test, ids, order, mask):
 
 def region_predictivity(results, responses, design, ids, hemi="right") -> dict:
     """5-fold ridge r (mean over the retinotopic vertices of ``hemi``) from the layer-0 tokens
-    of each quadrant and of all but the upper-left, raw and minus their image's mean token."""
+    of each quadrant and of all but the upper-left, raw and minus their image's mean or median
+    token."""
     from sklearn.linear_model import RidgeCV
     from sklearn.model_selection import cross_val_predict
 
@@ -132,7 +134,12 @@ def region_predictivity(results, responses, design, ids, hemi="right") -> dict:
     regions = {q: quadrant_mask((side, side), q).ravel() for q in QUADRANTS}
     regions["not upper-left"] = ~regions["upper-left"]
     out = {}
-    for name, Xc in (("raw", X), ("image-centred", X - X.mean(1, keepdims=True))):
+    centred = {
+        "raw": X,
+        "image-centred": X - X.mean(1, keepdims=True),
+        "median-centred": X - np.median(X, 1, keepdims=True),
+    }
+    for name, Xc in centred.items():
         for region, sel in regions.items():
             F = Xc[:, sel].reshape(len(Xc), -1)
             pred = cross_val_predict(RidgeCV(alphas=np.logspace(-1, 5, 13)), F, y, cv=5)
