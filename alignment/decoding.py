@@ -3,9 +3,9 @@ predict the image embedding, and retrieve the image among candidates (DESIGN.md 
 
 A second transformer reads one token per voxel, ``[w_v, b_v, beta_v]`` (the voxel's in-context
 encoder and its response to the image; any number of voxels, no positional encoding), and its
-token 0 gives the unit-norm image embedding. The analytic baseline inverts the linear encoders:
-x_hat = normalise((W^T W + lambda I)^-1 W^T (beta - b)). Both are scored by top-k retrieval
-among candidate images (:func:`retrieval_accuracy`).
+token 0 gives a correction added to the analytic inversion of the linear encoders,
+x_hat = normalise((W^T W + lambda I)^-1 W^T (beta - b)), which is also the baseline. Both are
+scored by top-k retrieval among candidate images (:func:`retrieval_accuracy`).
 """
 
 from __future__ import annotations
@@ -37,7 +37,11 @@ LAMBDAS = np.logspace(-3, 3, 13)
 
 
 class InContextDecoder(nn.Module):
-    """Voxel tokens [w_v, b_v, beta_v] (B, V, E+2) -> unit-norm image embedding (B, E)."""
+    """Voxel tokens [w_v, b_v, beta_v] (B, V, E+2) -> unit-norm image embedding (B, E).
+
+    The embedding is normalise(analytic + head(token 0)): the analytic inversion with the
+    buffer ``lam`` (set by :func:`meta_train_decoder`) plus a learned correction.
+    """
 
     def __init__(self, cfg: InContextConfig):
         super().__init__()
@@ -48,15 +52,27 @@ class InContextDecoder(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(d)
         self.head = ResidualMLP(d, 2 * d, e, cfg.dropout)
+        # the output adds the head's correction to the analytic inversion (its lambda chosen by
+        # meta-training, stored with the weights): a few blocks over voxel tokens cannot invert
+        # W^T W + lambda I, which is what makes the inversion good with few voxels. The head
+        # starts at zero, so an untrained decoder is the inversion; meta-training learns what
+        # the prior over images adds to it
+        self.register_buffer("lam", torch.tensor(1.0))
+        for lin in (self.head.main[-1], self.head.bypass):
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
 
     def forward(self, W, b, beta):
         """W (B, V, E) weights (units of sqrt(E) x, as the encoder emits), b and beta (B, V)."""
-        scale = math.sqrt(self.cfg.embed_dim)
-        tokens = self.tokenizer(torch.cat([W / scale, b[..., None], beta[..., None]], dim=-1))
+        w = W / math.sqrt(self.cfg.embed_dim)
+        tokens = self.tokenizer(torch.cat([w, b[..., None], beta[..., None]], dim=-1))
         h = torch.cat([self.registers.unsqueeze(0).expand(len(tokens), -1, -1), tokens], dim=1)
         for i, block in enumerate(self.blocks):
             h, _ = block(h, first_only=i == len(self.blocks) - 1)
-        return F.normalize(self.head(self.norm(h[:, 0])), dim=-1)
+        gram = W.transpose(1, 2) @ W + self.lam * torch.eye(W.shape[-1], device=W.device)
+        rhs = torch.einsum("bve,bv->be", W, beta - b)
+        analytic = F.normalize(torch.linalg.solve(gram, rhs), dim=-1)
+        return F.normalize(analytic + self.head(self.norm(h[:, 0])), dim=-1)
 
 
 def analytic_inversion(W: np.ndarray, b: np.ndarray, beta: np.ndarray, lam: float) -> np.ndarray:
@@ -103,14 +119,15 @@ def choose_lambda(W, b, beta, X, lambdas=LAMBDAS) -> float:
 
 
 def _decoder_tasks(encoder, X_list, Y_list, n_context: int, device, rng):
-    """Per training subject: in-context (W, b) from a random context, and the other images."""
+    """Per training subject: in-context (W, b) from a random context, the other images, and
+    the voxels ranked as :func:`select_voxels` ranks them on that context."""
     tasks = []
     for X, Y in zip(X_list, Y_list, strict=True):
         order = rng.permutation(len(X))
         n_ctx = min(n_context, len(X) - 2)
         ctx, rest = order[:n_ctx], order[n_ctx:]
         W, b = predict_weights(encoder, X[ctx], Y[ctx], device=device)
-        tasks.append((W, b, X[rest], Y[rest]))
+        tasks.append((W, b, X[rest], Y[rest], select_voxels(W, X[ctx], len(W))))
     return tasks
 
 
@@ -160,9 +177,10 @@ def meta_train_decoder(
     dev = resolve_device(device)
     tasks = _decoder_tasks(encoder, X_list, Y_list, n_context, dev, rng)
     # the analytic baseline's lambda, chosen on the same training subjects with every voxel
-    lam = float(np.median([choose_lambda(W, b, Yr, Xr) for W, b, Xr, Yr in tasks]))
+    lam = float(np.median([choose_lambda(W, b, Yr, Xr) for W, b, Xr, Yr, _ in tasks]))
     tensors = [tuple(torch.as_tensor(a, device=dev) for a in t) for t in tasks]
     model = InContextDecoder(cfg).to(dev).train()
+    model.lam.fill_(lam)
     opt = torch.optim.AdamW(model.parameters(), lr=training.lr, weight_decay=training.weight_decay)
     steps = training.steps
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -171,12 +189,15 @@ def meta_train_decoder(
     history = []
     for step in tqdm(range(steps), desc="decoder", unit="step", mininterval=2.0):
         s = int(rng.integers(len(tensors)))
-        W, b, Xr, Yr = tensors[s]
+        W, b, Xr, Yr, ranked = tensors[s]
         n_vox = W.shape[0]
         v = int(rng.integers(min(lo, n_vox), min(hi, n_vox) + 1))
         bsz = min(training.batch_size, len(Xr))
         img = torch.as_tensor(rng.choice(len(Xr), bsz, replace=False), device=dev)
-        vox = torch.rand(bsz, n_vox, device=dev).argsort(1)[:, :v]
+        # every other step, voxel sets like the decoded ones (the best predicted on the context,
+        # whose weights are larger than a random voxel's): v of the 2v best; else any v voxels
+        pool = ranked[: min(2 * v, n_vox)] if step % 2 else ranked
+        vox = pool[torch.rand(bsz, len(pool), device=dev).argsort(1)[:, :v]]
         pred = model(W[vox], b[vox], Yr[img[:, None], vox])
         target = Xr[img]
         logits = pred @ F.normalize(target, dim=-1).T / temperature

@@ -1,7 +1,8 @@
 """Benchmark of the in-context encoder (BraInCoRL) and decoder (BrainCoDec).
 
 ``--scale small`` (default, CPU): meta-train a small model on three synthetic subjects (voxel
-weights from a shared low-rank-plus-noise Gaussian prior) and measure, on a fourth, explained
+weights from a shared low-rank-plus-noise Gaussian prior, ``synthetic_voxels.FEW_SHOT_PRIOR`` as
+in the tests) and measure, on a fourth, explained
 variance against the number of context images N for the in-context encoder, cross-validated
 ridge on the same images, the Bayes posterior mean under the true prior and the oracle; and the
 top-1 retrieval of the in-context decoder and the analytic inversion.
@@ -37,8 +38,7 @@ from alignment.encoders.ridge import RidgeEncoder
 
 
 def small(args) -> dict:
-    e = 16
-    prior = syn.make_prior(embed_dim=e, rank=3, seed=0)
+    prior = syn.make_prior(**syn.FEW_SHOT_PRIOR, seed=0)  # the tests' setup
     subjects = [syn.sample_subject(prior, 400, 1500, seed=s) for s in range(3)]
     X_list, Y_list = [s[0] for s in subjects], [s[1] for s in subjects]
     model_cfg = {"width": 48, "depth": 2, "heads": 4, "ffn_hidden": 96, "dropout": 0.0}

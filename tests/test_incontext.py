@@ -1,9 +1,10 @@
 """In-context encoder (BraInCoRL) and decoder (BrainCoDec) on synthetic subjects with a known prior.
 
 Voxel weights come from a shared low-rank-plus-noise Gaussian prior and y = w.x + b + noise with
-unit-norm x. One small model is meta-trained on three subjects (module fixture) and tested on a
-fourth: against cross-validated ridge on the same images, the Bayes posterior mean under the
-true prior (closed form) and the oracle.
+unit-norm x (:data:`alignment.data.synthetic_voxels.FEW_SHOT_PRIOR`: three strong directions in
+a 32-dimensional embedding space, oracle EV about 0.48). One small model is meta-trained on
+three subjects (module fixture) and tested on a fourth: against cross-validated ridge on the
+same images, the Bayes posterior mean under the true prior (closed form) and the oracle.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from alignment.encoders import incontext as ic
 from alignment.encoders.ridge import RidgeEncoder
 from alignment.io import InputError
 
-E = 16
+PRIOR = syn.FEW_SHOT_PRIOR
+E = PRIOR["embed_dim"]
 TRAIN_CONTEXT = (8, 40)
 MODEL = {"width": 48, "depth": 2, "heads": 4, "ffn_hidden": 96, "dropout": 0.0}
 TRAINING = {
@@ -57,7 +59,7 @@ def one_torch_thread():
 def trained(tmp_path_factory):
     """A small hypernetwork and decoder meta-trained on subjects 01-03; subject 04 held out."""
     start = time.process_time()
-    prior = syn.make_prior(embed_dim=E, rank=3, seed=0)
+    prior = syn.make_prior(**PRIOR, seed=0)
     subjects = [syn.sample_subject(prior, 400, 1200, seed=s) for s in range(3)]
     X_list, Y_list = [s[0] for s in subjects], [s[1] for s in subjects]
     model, info = ic.meta_train(X_list, Y_list, MODEL, TRAINING, device="cpu", random_state=0)
@@ -66,7 +68,7 @@ def trained(tmp_path_factory):
         X_list,
         Y_list,
         MODEL,
-        {**TRAINING, "steps": 200, "batch_size": 48},
+        {**TRAINING, "steps": 400, "batch_size": 48},
         voxel_range=(4, 48),
         n_context=200,
         device="cpu",
@@ -123,20 +125,23 @@ def test_bayes_estimator_is_the_closed_form_posterior_mean():
 
 def test_few_shot_beats_ridge_and_approaches_bayes(trained):
     evs = {n: _evs(trained, n) for n in (10, 30, 100)}
+
+    def over(e, k):
+        return f"{e[k] / e['ridge']:.2f}" if e["ridge"] > 0 else "inf (ridge <= 0)"
+
     for n, e in evs.items():
         print(
             f"N={n}: in-context {e['incontext']:.3f}, ridge {e['ridge']:.3f}, Bayes "
             f"{e['bayes']:.3f}, oracle {e['oracle']:.3f}; in-context / ridge "
-            f"{e['incontext'] / e['ridge']:.2f} (Bayes / ridge {e['bayes'] / e['ridge']:.2f}), "
+            f"{over(e, 'incontext')} (Bayes / ridge {over(e, 'bayes')}), "
             f"fraction of Bayes {e['incontext'] / e['bayes']:.2f}"
         )
-    # N=10: far above ridge (which has too few images for 17 parameters)
-    assert evs[10]["incontext"] >= 1.5 * max(evs[10]["ridge"], 0.0) + 0.05
-    # N=30: above ridge; 1.5x is out of reach here, since the Bayes posterior mean itself, the
-    # best any estimator does on average, is only ~1.4x cross-validated ridge at N=30 with E=16
-    assert evs[30]["incontext"] > 1.1 * evs[30]["ridge"]
-    assert evs[30]["bayes"] < 1.5 * evs[30]["ridge"]
+    # N=10 and N=30: at least 1.5x cross-validated ridge, which cannot know the prior's subspace
+    # (the Bayes posterior mean, the best any estimator does on average, is far ahead of it)
     for n in (10, 30):
+        assert evs[n]["bayes"] >= 2.0 * max(evs[n]["ridge"], 0.0) + 0.1
+        assert evs[n]["incontext"] >= 1.5 * max(evs[n]["ridge"], 0.0) + 0.05
+    for n in (10, 30, 100):
         assert evs[n]["incontext"] > 0.78 * evs[n]["bayes"]
 
 
@@ -291,7 +296,7 @@ def _responses(X, Y, subject, ids):
 
 
 def test_meta_training_from_files_is_leave_one_subject_out(tmp_path):
-    prior = syn.make_prior(embed_dim=E, rank=3, seed=0)
+    prior = syn.make_prior(**PRIOR, seed=0)
     X, _, _, _ = syn.sample_subject(prior, 60, 1, seed=0)
     ids = np.array([f"img{i:03d}" for i in range(60)])
     layer = xr.DataArray(X, dims=("stimulus", "unit"), coords={"stimulus_id": ("stimulus", ids)})

@@ -42,7 +42,8 @@ from alignment.io import InputError, atomic_path, require_file
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "alignment-incontext-1"
+#: 2: the decoder adds its correction to the analytic inversion (a ``lam`` buffer).
+CHECKPOINT_FORMAT = "alignment-incontext-2"
 
 #: Reference widths D for an embedding width E (DESIGN.md section 6).
 PAPER_WIDTHS = {512: 560, 768: 800, 1152: 1200}

@@ -195,9 +195,10 @@ def incontext_section(paths: Iterable[str | os.PathLike], dpi: int = 100) -> str
         out.append(
             '<p class="note">Decoding: the in-context encoders (w, b) of the best-predicted '
             "voxels (chosen on the context images) and the responses to a held-out image give "
-            "its embedding, by the in-context decoder (a second transformer over voxel tokens "
-            "[w, b, beta]) or by the analytic inversion normalise((WᵀW + λI)⁻¹Wᵀ(β − b)); the "
-            "image is retrieved among the fold's held-out images.</p>"
+            "its embedding, by the analytic inversion normalise((WᵀW + λI)⁻¹Wᵀ(β − b)) or by "
+            "the in-context decoder (a second transformer over voxel tokens [w, b, beta] that "
+            "adds a learned correction to that inversion); the image is retrieved among the "
+            "fold's held-out images.</p>"
         )
         out.append(_img(plot_decoding(decoding), "Retrieval accuracy against voxels.", dpi))
         cols = ["method", "n_context", "n_voxels", "top1", "top5", "chance_top1", "n_candidates"]
