@@ -66,6 +66,19 @@ def cmd_prepare_stimuli(args) -> None:
     prepare_stimuli(args.spec, args.subjects, args.dataset, args.out)
 
 
+def _speed_entries(speed: dict) -> dict:
+    """``--speed``: only the spec entries that change no number (batch size, device, workers)."""
+    from alignment.features.spec import SPEED_ONLY
+
+    unknown = sorted(set(speed) - set(SPEED_ONLY))
+    if unknown:
+        raise InputError(
+            f"--speed takes only {', '.join(SPEED_ONLY)}, not {', '.join(unknown)}"
+            " (entries that change the numbers belong in --spec)"
+        )
+    return dict(speed)
+
+
 def cmd_features(args) -> None:
     from alignment.features import extract_to_store
 
@@ -77,6 +90,7 @@ def cmd_features(args) -> None:
     spec = dict(args.spec)
     if spec.get("kind") == "lowlevel" and str(args.stimuli).lower().endswith(".textgrid"):
         spec.setdefault("phones", str(args.stimuli))  # the phone tier of the word timings
+    spec.update(_speed_entries(args.speed))
     if args.batch_size:
         spec["batch_size"] = args.batch_size
     attrs = extract_to_store(
@@ -673,6 +687,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--stimuli", required=True, help="image table (stimulus_id, path) or word timings"
     )
     p.add_argument("--out", required=True, help="zarr store to write")
+    p.add_argument(
+        "--speed",
+        type=_json,
+        default={},
+        help="speed-only entries (JSON: batch_size, device, n_workers); override the spec's",
+    )
     p.add_argument(
         "--batch-size", type=int, help="stimuli per batch (speed only; overrides the spec)"
     )

@@ -163,12 +163,27 @@ MODEL_DESCRIPTIVE_KEYS = ("params", "family", "instruction_tuned", "trained", "l
 
 
 def model_extraction_spec(spec: dict) -> dict:
-    """A model spec without its descriptive entries (:data:`MODEL_DESCRIPTIVE_KEYS`).
+    """A model spec without its descriptive and its speed-only entries.
 
-    What the features rule passes to ``alignment features`` and what an encode job's
-    provenance hash covers, so that editing a label re-runs nothing.
+    What the features rule passes to ``alignment features`` as ``--spec`` and what an encode
+    job's provenance hash covers, so that editing a label or the batch size re-runs nothing
+    (:data:`MODEL_DESCRIPTIVE_KEYS`, :data:`alignment.features.spec.SPEED_ONLY`).
     """
-    return {k: v for k, v in spec.items() if k not in MODEL_DESCRIPTIVE_KEYS}
+    from alignment.features.spec import SPEED_ONLY
+
+    drop = set(MODEL_DESCRIPTIVE_KEYS) | set(SPEED_ONLY)
+    return {k: v for k, v in spec.items() if k not in drop}
+
+
+def model_speed_spec(spec: dict) -> dict:
+    """The speed-only entries of a model spec (batch size, device, loader workers).
+
+    The features rule passes them as a resource (``--speed``), not a param: Snakemake reruns a
+    job whose params change, and these change no number.
+    """
+    from alignment.features.spec import SPEED_ONLY
+
+    return {k: spec[k] for k in SPEED_ONLY if k in spec}
 
 
 def config_hash(config: dict) -> str:

@@ -309,13 +309,15 @@ def test_cache_key_tracks_every_field_but_batch_size():
                "context_words": 9, "window_stride_words": 2, "layers": [0, 1], "untrained": True,
                "seed": 3, "image_size": 96, "dtype": "bfloat16", "float16": True,
                "stream": "vision", "jpeg_draft": True, "kind": "random", "modality": "text",
-               "n_units": 5, "n_layers": 2}  # fmt: skip
+               "n_units": 5, "n_layers": 2, "image_decoder": "nvimgcodec"}  # fmt: skip
     for field, value in changes.items():
         assert cache_key({**base, field: value}, resolved) != key, field
     for field, value in {"revision": "def", "dtype": "bfloat16", "preprocessing": "{}"}.items():
         assert cache_key(base, {**resolved, field: value}) != key, field
-    # the workflow passes the spec without its descriptive entries to the features rule
-    from alignment.config import model_extraction_spec
+    # the workflow passes the spec without its descriptive and speed entries to the features
+    # rule, and the speed entries apart (a resource, so changing them reruns no job)
+    from alignment.config import model_extraction_spec, model_speed_spec
 
-    spec = {**base, "prompt": "<image> Hi", "batch_size": 4, **labels}
-    assert model_extraction_spec(spec) == {**base, "prompt": "<image> Hi", "batch_size": 4}
+    spec = {**base, "prompt": "<image> Hi", "batch_size": 4, "device": "cpu", **labels}
+    assert model_extraction_spec(spec) == {**base, "prompt": "<image> Hi"}
+    assert model_speed_spec(spec) == {"batch_size": 4, "device": "cpu"}

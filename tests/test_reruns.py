@@ -111,6 +111,10 @@ CASES = {
         {"models": {"rand-img": {"n_units": 9}}},
         {"results/features/pics/rand-img.zarr"} | _jobs(E, **PICS),
     ),
+    "model batch_size and device (speed only)": (
+        {"models": {"rand-img": {"batch_size": 7, "device": "cpu"}}},
+        set(),
+    ),
     "encoder spec": (
         {"encoders": {"ridge": {"alphas": [1.0, 10.0]}}},
         _jobs(E, **PICS) | _jobs(E, **STORY),

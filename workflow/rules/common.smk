@@ -2,7 +2,7 @@
 import json
 import shlex
 
-from alignment.config import check_config, config_hash, model_extraction_spec
+from alignment.config import check_config, config_hash, model_extraction_spec, model_speed_spec
 from alignment.data.prepare import resolve_datasets, source_files
 from alignment.encoders import accepts
 from alignment.failures import SCORES_PATTERN
@@ -18,6 +18,11 @@ DATASETS = resolve_datasets(config["datasets"])
 def as_arg(obj):
     """A config section as one shell-quoted JSON argument."""
     return shlex.quote(json.dumps(obj, sort_keys=True))
+
+
+def compact_json(obj):
+    """JSON without spaces (a string resource; the shell command quotes it with :q)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
 def dataset_encoders(dataset):

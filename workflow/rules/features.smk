@@ -16,10 +16,14 @@ rule features:
     resources:
         mem_mb=4000,
         runtime=60,
+        # batch size, device and loader workers change no number: a resource, since Snakemake
+        # reruns a job whose params change
+        speed=lambda wildcards: compact_json(model_speed_spec(config["models"][wildcards.model])),
     params:
-        # the spec without its descriptive entries (family, params, ...): a change to an entry
-        # the extraction reads reruns the rule, editing a label for the reports does not
+        # the spec without its descriptive entries (family, params, ...) and speed entries: a
+        # change to an entry the extraction reads reruns the rule, editing a label does not
         spec=lambda wildcards: as_arg(model_extraction_spec(config["models"][wildcards.model])),
     shell:
         "alignment features --model {wildcards.model} --spec {params.spec}"
+        " --speed {resources.speed:q}"
         " --stimuli {input.stimuli:q} --out {output} > {log} 2>&1"
