@@ -39,7 +39,8 @@ def test_image_features_match_a_direct_forward_pass(tiny_vit, image_table):
     from transformers import AutoImageProcessor, AutoModel
 
     layers, _ = extract_features(
-        {"source": str(tiny_vit), "modality": "image", "layers": [2]}, image_table
+        {"source": str(tiny_vit), "modality": "image", "layers": [2], "device": "cpu"},
+        image_table,
     )
     model = AutoModel.from_pretrained(tiny_vit).eval()
     from alignment.stimuli.images import load_images
@@ -70,7 +71,13 @@ def test_cls_pooling_differs_and_cache_key_tracks_it(tiny_vit, image_table):
 
 def test_word_features_use_only_past_context(minilm_path):
     words = time_words(generate_story(4, random_state=2), run="r1")
-    spec = {"source": minilm_path, "modality": "text", "context_words": 5, "layers": [0, 6]}
+    spec = {
+        "source": minilm_path,
+        "modality": "text",
+        "context_words": 5,
+        "layers": [0, 6],
+        "device": "cpu",  # float32: the no-look-ahead check is to 1e-5
+    }
     layers, attrs = extract_features(spec, words)
     assert list(layers) == ["layer_00", "layer_06"]
     arr = layers["layer_06"]
@@ -88,7 +95,13 @@ def test_word_features_use_only_past_context(minilm_path):
 def test_word_context_resets_at_run_boundaries(minilm_path):
     a = time_words(["The cat sat on the mat."], run="a")
     b = time_words(["The cat sat on the mat."], run="b")
-    spec = {"source": minilm_path, "modality": "text", "context_words": 50, "layers": [3]}
+    spec = {
+        "source": minilm_path,
+        "modality": "text",
+        "context_words": 50,
+        "layers": [3],
+        "device": "cpu",
+    }
     layers, _ = extract_features(spec, pd.concat([a, b], ignore_index=True))
     values = layers["layer_03"].values
     np.testing.assert_allclose(values[: len(a)], values[len(a) :], atol=1e-5)

@@ -118,7 +118,8 @@ def test_device_resize_is_pils_resize(resample):
 
 def test_device_preprocessing_of_photos_is_the_processors(tiny_vit, tmp_path):
     """Photo-like JPEGs (500 x 375, bicubic as SigLIP): in float64 the device path gives the
-    processor's pixel values up to float rounding."""
+    processor's pixel values, but for a rare grey level where Pillow's fixed-point rounding
+    (which differs between Pillow builds) falls the other way."""
     from PIL import Image
     from transformers import AutoImageProcessor
 
@@ -140,7 +141,9 @@ def test_device_preprocessing_of_photos_is_the_processors(tiny_vit, tmp_path):
     x = flat.view(2, 375, 500, 3).permute(0, 3, 1, 2)
     exact = vision.resize_pil(x, (40, 40), 3, torch.float64)
     got = (exact / 255 - 0.5) / 0.5
-    torch.testing.assert_close(got, want["pixel_values"], rtol=0, atol=1e-6)
+    levels = (got - want["pixel_values"]).abs() * 255 * 0.5  # in grey levels
+    assert levels.max() <= 1 + 1e-4
+    assert (levels > 1e-4).double().mean() < 0.005, "more than 1 value in 200 a grey level off"
     assert vision.preprocessing(proc).count("device-pil-weights") == 1
 
 

@@ -57,13 +57,16 @@ def _forward(path, table, index):
 
 
 def test_tokens_keep_the_patch_grid_and_drop_cls(tiny_vit, image_table, tmp_path):
+    # on the CPU, like the float32 reference forward (device auto would run bf16 on a GPU)
     spec = {"source": str(tiny_vit), "modality": "image", "pooling": "tokens", "layers": [0, 2]}
+    spec["device"] = "cpu"
     layers, attrs = extract_features(spec, image_table, name="tiny")
     arr = layers["layer_02"]
     assert arr.dims == (dims.STIMULUS, dims.TOKEN, dims.UNIT)
     assert arr.shape == (6, 16, 32) and arr.dtype == np.float32  # 32 px / 8 px patches = 4x4
     assert arr.attrs["token_grid"] == [4, 4] and attrs["token_grid"] == [4, 4]
-    np.testing.assert_allclose(arr.values, _forward(tiny_vit, image_table, 2)[:, 1:], atol=1e-5)
+    # (float32 sums in another order than the reference's on some CPUs: 1e-5 relative)
+    np.testing.assert_allclose(arr.values, _forward(tiny_vit, image_table, 2)[:, 1:], atol=1e-4)
     # the mean over tokens is the `mean` pooling
     mean, _ = extract_features({**spec, "pooling": "mean"}, image_table)
     np.testing.assert_allclose(arr.values.mean(1), mean["layer_02"].values, atol=1e-5)
@@ -96,12 +99,13 @@ def test_tokens_in_float16_chunked_on_stimulus(tiny_vit, image_table, tmp_path):
 
 def test_tokens_drop_register_tokens(dinov2_registers, image_table):
     spec = {"source": str(dinov2_registers), "modality": "image", "pooling": "tokens"}
+    spec["device"] = "cpu"  # like the float32 reference forward
     layers, attrs = extract_features(spec, image_table)
     assert list(layers) == ["layer_00", "layer_01", "layer_02"]
     assert attrs["token_grid"] == [4, 4]
     h = _forward(dinov2_registers, image_table, 1)
     assert h.shape[1] == 1 + 2 + 16
-    np.testing.assert_allclose(layers["layer_01"].values, h[:, 3:], atol=1e-5)
+    np.testing.assert_allclose(layers["layer_01"].values, h[:, 3:], atol=1e-4)
 
 
 def test_device_side_preprocessing_equals_the_processor(tiny_vit, dinov2_registers, tmp_path):
