@@ -111,7 +111,7 @@ def _write_photo(args):
     return os.path.getsize(path)
 
 
-def bench_vit(cfg, root: Path, device: str, dtype: str) -> dict:
+def bench_vit(cfg, root: Path, device: str, dtype: str, image_decoder: str = "pil") -> dict:
     import pandas as pd
     from transformers import ViTConfig, ViTImageProcessor, ViTModel
 
@@ -136,7 +136,8 @@ def bench_vit(cfg, root: Path, device: str, dtype: str) -> dict:
     table = pd.DataFrame({"stimulus_id": [f.stem for f in files], "path": [str(f) for f in files]})
     batch = cfg["image_batch"]
     spec = {"source": str(path), "modality": "image", "pooling": "mean", "layers": "all",
-            "batch_size": batch, "device": device, "dtype": dtype}  # fmt: skip
+            "batch_size": batch, "device": device, "dtype": dtype,
+            "image_decoder": image_decoder}  # fmt: skip
 
     t0 = time.perf_counter()
     job = prepare(spec, table, name="vit")
@@ -175,6 +176,12 @@ def bench_vit(cfg, root: Path, device: str, dtype: str) -> dict:
     t0 = time.perf_counter()
     write_store(job, root / "vit_warm.zarr")
     warm_s = time.perf_counter() - t0
+    if image_decoder != "pil":  # the default decoder (CPU workers), one cold run, same model
+        pil_job = prepare({**spec, "image_decoder": "pil"}, table, name="vit")
+        t0 = time.perf_counter()
+        write_store(pil_job, root / "vit_pil.zarr")
+        pil_s = time.perf_counter() - t0
+        del pil_job
 
     # bare forward at the same batch size, on ready tensors already on the device
     with torch.inference_mode():
@@ -188,6 +195,7 @@ def bench_vit(cfg, root: Path, device: str, dtype: str) -> dict:
     e2e = n / e2e_s
     bare = 1.0 / bare_s
     out = {
+        "vit_image_decoder": image_decoder,
         "vit_images_per_s_end_to_end": round(e2e, 1),
         "vit_images_per_s_bare_forward": round(bare, 1),
         "vit_fraction_of_bare": round(e2e / bare, 3),
@@ -206,6 +214,9 @@ def bench_vit(cfg, root: Path, device: str, dtype: str) -> dict:
         "vit_batch": batch,
         "vit_layers": v["num_hidden_layers"] + 1,
     }
+    if image_decoder != "pil":
+        out["vit_images_per_s_end_to_end_pil"] = round(n / pil_s, 1)
+        out["vit_fraction_of_bare_pil"] = round(n / pil_s / bare, 3)
     # NSD-sized job (73,000 images) from this run's start-up and steady rate: a projection
     nsd = 73000
     out["vit_images_per_s_projected_73000"] = round(nsd / (first_s + (nsd - batch) / e2e_steady), 1)
@@ -216,8 +227,16 @@ def bench_vit(cfg, root: Path, device: str, dtype: str) -> dict:
 
 def _bound(r: dict) -> str:
     """The slowest stage alone (images/s), which bounds the end-to-end rate."""
+    if "vit_gpu_decode_images_per_s_after_first_batch" in r:
+        decode = {"GPU JPEG decode": r["vit_gpu_decode_images_per_s_after_first_batch"]}
+    else:
+        decode = {
+            "loader (decoding workers -> host batches)": r[
+                "vit_loader_images_per_s_after_first_batch"
+            ]
+        }
     stages = {
-        "loader (decoding workers -> host batches)": r["vit_loader_images_per_s_after_first_batch"],
+        **decode,
         "device preprocessing": r["vit_preprocess_images_per_s"],
         "preprocessing + hooked forward": r["vit_preprocess_forward_images_per_s"],
         "store writes": r["vit_store_images_per_s"],
@@ -308,6 +327,21 @@ def vit_breakdown(job, table, spec, cfg, root, dev, dt, bare, files) -> dict:
         s_cpu, f_cpu, _, _ = loader(torch.device("cpu"))
         res["vit_loader_images_per_s_unpinned_after_first_batch"] = round(
             (n - batch) / max(s_cpu - f_cpu, 1e-9), 1
+        )
+
+    # 2c. with image_decoder nvimgcodec: reading and decoding on the GPU alone, no model
+    if spec.get("image_decoder", "pil") != "pil":
+        from alignment.features.gpu_jpeg import gpu_decoded_batches
+
+        _sync(dev)
+        t0, first = time.perf_counter(), None
+        for _ in gpu_decoded_batches(paths, batch_size=batch, start=0, device=dev):
+            first = first or time.perf_counter()
+        _sync(dev)
+        total = time.perf_counter() - t0
+        res["vit_gpu_decode_images_per_s"] = round(n / total, 1)
+        res["vit_gpu_decode_images_per_s_after_first_batch"] = round(
+            (n - batch) / max(total - (first - t0), 1e-9), 1
         )
 
     # 3. device preprocessing alone, and preprocessing + hooked forward (every layer, mean
@@ -486,6 +520,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto", help="auto: bfloat16 on GPU, float32 on CPU")
     parser.add_argument("--only", choices=["vit", "llm"])
+    parser.add_argument(
+        "--image-decoder",
+        choices=["pil", "nvimgcodec"],
+        default="pil",
+        help="ViT: decode in CPU workers (pil) or on the GPU; nvimgcodec also times pil",
+    )
     parser.add_argument("--tmp", default=None, help="folder for the images and stores")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -504,7 +544,7 @@ def main(argv=None) -> dict:
         root = Path(tmp)
         if args.only in (None, "vit"):
             (root / "v").mkdir()
-            result.update(bench_vit(cfg, root / "v", args.device, args.dtype))
+            result.update(bench_vit(cfg, root / "v", args.device, args.dtype, args.image_decoder))
         if args.only in (None, "llm"):
             (root / "l").mkdir()
             result.update(bench_llm(cfg, root / "l", args.device, args.dtype))

@@ -15,6 +15,7 @@ A model is described by a spec (one entry of ``models:`` in config.yaml)::
     device: auto, dtype: auto                       (auto: CUDA + bfloat16, or CPU + float32)
     image_size                                      (override the processor's size)
     jpeg_draft: false                               (decode large JPEGs at a reduced scale)
+    image_decoder: pil | nvimgcodec                 (vision: decode JPEGs on the GPU)
     n_workers                                       (image decoding processes; default cores-1)
     prompt, stream: language | vision               (multimodal LLMs)
     n_units / n_layers / seed                       (random)
@@ -270,13 +271,21 @@ def prepare(spec: dict, stimuli: pd.DataFrame, *, name: str = "model") -> Job:
     family = loaded.family
     pooling = spec["pooling"]
 
+    if spec["image_decoder"] != "pil" and not (kind == "images" and family == "vision"):
+        raise InputError(
+            f"model {name!r}: image_decoder {spec['image_decoder']!r} applies to vision "
+            "transformers on images only; remove it or use image_decoder: pil"
+        )
     if kind == "images" and family == "vision":
-        from alignment.features import vision
+        from alignment.features import gpu_jpeg, vision
 
         loaded.processor = vision.load_processor(
             spec["source"], spec["revision"], spec["image_size"]
         )
         resolved["preprocessing"] = vision.preprocessing(loaded.processor, spec["jpeg_draft"])
+        gpu_jpeg.check_decoder(spec["image_decoder"], fast=vision.fast_path(loaded.processor),
+                               device=loaded.device, jpeg_draft=spec["jpeg_draft"],
+                               source=spec["source"])  # fmt: skip
         pooling = pooling or "mean"
         indices = resolve_layers(spec["layers"], loaded.n_hidden_states, model=name)
         paths = stimuli["path"].tolist()
@@ -285,7 +294,7 @@ def prepare(spec: dict, stimuli: pd.DataFrame, *, name: str = "model") -> Job:
             return vision.image_batches(
                 loaded, paths, pooling=pooling, indices=indices, batch_size=batch_size,
                 start=start, n_workers=spec.get("n_workers"), jpeg_draft=spec["jpeg_draft"],
-                info=info,
+                image_decoder=spec["image_decoder"], info=info,
             )  # fmt: skip
 
     elif kind == "images" and family == "mllm":

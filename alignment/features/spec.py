@@ -32,6 +32,7 @@ MODEL_DEFAULTS = {
     "dtype": "auto",
     "image_size": None,
     "jpeg_draft": False,  # images: decode large JPEGs at a reduced scale (approximate)
+    "image_decoder": "pil",  # vision: "nvimgcodec" decodes JPEGs on the GPU (gpu_jpeg.py)
     "prompt": None,
     "stream": "language",  # multimodal: language model or vision tower layers
     "n_bands": None,  # lowlevel images: spatial-frequency bands (lowlevel's own default)

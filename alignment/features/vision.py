@@ -547,12 +547,16 @@ def image_batches(
     start: int = 0,
     n_workers: int | None = None,
     jpeg_draft: bool = False,
+    image_decoder: str = "pil",
     info: dict,
 ):
     """Yield ``(row_start, row_stop, {hidden index: array})`` for batches of images.
 
-    ``info`` receives ``token_grid`` ([rows, columns]) and ``image_size`` after the first batch.
+    ``image_decoder`` ``"pil"`` decodes in worker processes, ``"nvimgcodec"`` on the GPU
+    (:mod:`alignment.features.gpu_jpeg`). ``info`` receives ``token_grid`` ([rows, columns])
+    and ``image_size`` after the first batch.
     """
+    from alignment.features import gpu_jpeg
     from alignment.features.hooks import LayerTap
 
     if pooling not in IMAGE_POOLINGS:
@@ -577,6 +581,8 @@ def image_batches(
             out = h[:, n_special_tokens(grid, h.shape[1]) :].mean(dim=1)
         return out.float()
 
+    gpu_jpeg.check_decoder(image_decoder, fast=fast, device=device, jpeg_draft=jpeg_draft,
+                           source=loaded.source)  # fmt: skip
     cuda = device.type == "cuda"
     stream = torch.cuda.Stream(device) if cuda else None
     batches = host_batches(
@@ -594,27 +600,36 @@ def image_batches(
             yield a, b, on_device, event
 
     with LayerTap(loaded, indices, reduce) as tap, torch.inference_mode():
-        it = uploaded()
+        if image_decoder == "nvimgcodec":
+            it = gpu_jpeg.gpu_decoded_batches(paths, batch_size=batch_size, start=start,
+                                              device=device, info=info)  # fmt: skip
+        else:
+            it = uploaded()
+        # the model runs on a stream of its own, not the legacy default stream, which waits
+        # for (and holds up) the work of the decoder's and the uploads' streams
+        run = torch.cuda.stream(torch.cuda.Stream(device)) if cuda else contextlib.nullcontext()
         nxt = next(it, None)
         while nxt is not None:
             a, b, group, event = nxt
-            if event is not None:
-                compute = torch.cuda.current_stream(device)
-                compute.wait_event(event)
-                for item in group:  # memory made on the copy stream, used on this one
-                    (item[0] if isinstance(item, tuple) else item).record_stream(compute)
-            pixels = device_preprocess(fast, group, device, loaded.dtype)
-            grid = token_grid(loaded, pixels)
-            if pooling == "tokens" and grid is None:
-                raise InputError(
-                    f"{loaded.source}: no patch_size in the config; cannot keep tokens"
-                )
-            state["grid"] = grid
-            if grid is not None:
-                info["token_grid"] = list(grid)
-            h, w = int(pixels.shape[-2]), int(pixels.shape[-1])
-            info["image_size"] = h if h == w else [h, w]
-            tap.launch(loaded.model, pixel_values=pixels)
+            with run:
+                if event is not None:
+                    compute = torch.cuda.current_stream(device)
+                    compute.wait_event(event)
+                    for item in group:  # memory made on the copy stream, used on this one
+                        (item[0] if isinstance(item, tuple) else item).record_stream(compute)
+                pixels = device_preprocess(fast, group, device, loaded.dtype)
+                grid = token_grid(loaded, pixels)
+                if pooling == "tokens" and grid is None:
+                    raise InputError(
+                        f"{loaded.source}: no patch_size in the config; cannot keep tokens"
+                    )
+                state["grid"] = grid
+                if grid is not None:
+                    info["token_grid"] = list(grid)
+                h, w = int(pixels.shape[-2]), int(pixels.shape[-1])
+                info["image_size"] = h if h == w else [h, w]
+                tap.launch(loaded.model, pixel_values=pixels)
             nxt = next(it, None)  # the next batch is read and uploaded while this one runs
-            captured = tap.collect()
+            with run:
+                captured = tap.collect()
             yield a, b, {i: captured[i].numpy() for i in indices}
