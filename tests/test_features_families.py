@@ -147,7 +147,7 @@ def _per_word_reference(path, words, context, stride):
 @pytest.mark.parametrize("model_type", DECODERS)
 def test_decoder_windows_equal_per_word_forwards(decoders, words, model_type):
     spec = {"source": str(decoders[model_type]), "modality": "text", "context_words": 8,
-            "window_stride_words": 3, "batch_size": 4}  # fmt: skip
+            "window_stride_words": 3, "batch_size": 4, "device": "cpu"}  # fmt: skip
     layers, attrs = extract_features(spec, words, name=model_type)
     assert list(layers) == ["layer_00", "layer_01", "layer_02"]
     assert attrs["n_hidden_states"] == 3 and attrs["family"] == "decoder"
@@ -241,7 +241,7 @@ def test_vision_towers_pool_like_output_hidden_states(towers, image_table, tower
     )
     with torch.no_grad():
         hs = model(**inputs, output_hidden_states=True).hidden_states
-    spec = {"source": str(path), "modality": "image", "pooling": "tokens"}
+    spec = {"source": str(path), "modality": "image", "pooling": "tokens", "device": "cpu"}
     tokens, attrs = extract_features(spec, image_table)
     assert attrs["family"] == "vision" and attrs["token_grid"] == [4, 4]
     for k, name in enumerate(tokens):  # hooks == output_hidden_states, every layer

@@ -82,7 +82,7 @@ def test_benchmark_reports_where_vit_time_goes(tmp_path):
     assert r["vit_store_gb"] == round(3 * 16 * 64 * 4 / 1e9, 3)
     # a stage alone is never slower than the pipeline that contains it (generous: CPU noise)
     assert r["vit_preprocess_forward_images_per_s"] > 0.5 * r["vit_images_per_s_without_store"]
-    assert r["vit_bound_by"].split(" (")[0] in (
+    assert r["vit_bound_by"].rsplit(" (", 1)[0] in (
         "loader (decoding workers -> host batches)", "device preprocessing",
         "preprocessing + hooked forward", "store writes",
     )  # fmt: skip

@@ -66,7 +66,8 @@ def test_family_streams_match_output_hidden_states(family, image_table, tmp_path
     is_image = inputs["input_ids"] == model.config.image_token_id
     assert (is_image.sum(1) == n_image).all()
 
-    spec = {"source": str(path), "modality": "image", "prompt": prompt}
+    # on the CPU, like the float32 reference forward (device auto runs bf16 on a GPU)
+    spec = {"source": str(path), "modality": "image", "prompt": prompt, "device": "cpu"}
     for pooling in ("image_tokens", "last_token"):
         layers, attrs = extract_features({**spec, "pooling": pooling}, image_table, name=family)
         assert list(layers) == ["layer_00", "layer_01", "layer_02"]

@@ -59,7 +59,8 @@ def _reference(path, table, prompt, nested):
 @pytest.mark.parametrize("family", ["llava", "idefics3"])
 def test_language_streams_match_output_hidden_states(mllms, image_table, family):
     prompt = f"{IMAGE_TOKEN} Describe the image."
-    spec = {"source": str(mllms[family]), "modality": "image", "prompt": prompt}
+    # on the CPU, like the float32 reference forwards (device auto runs bf16 on a GPU)
+    spec = {"source": str(mllms[family]), "modality": "image", "prompt": prompt, "device": "cpu"}
     inputs, out, model = _reference(mllms[family], image_table, prompt, family == "idefics3")
     is_image = inputs["input_ids"] == model.config.image_token_id
     from transformers import AutoProcessor
@@ -92,7 +93,7 @@ def test_language_streams_match_output_hidden_states(mllms, image_table, family)
 
 
 def test_prompts_change_features_and_keys(mllms, image_table):
-    base = {"source": str(mllms["llava"]), "modality": "image", "layers": [-1]}
+    base = {"source": str(mllms["llava"]), "modality": "image", "layers": [-1], "device": "cpu"}
     one, a1 = extract_features(
         {**base, "prompt": f"{IMAGE_TOKEN} Describe the image."}, image_table
     )
@@ -111,6 +112,7 @@ def test_prompts_change_features_and_keys(mllms, image_table):
 
 def test_vision_tower_layers_are_a_separate_feature_set(mllms, image_table):
     spec = {"source": str(mllms["llava"]), "modality": "image", "stream": "vision"}
+    spec["device"] = "cpu"
     layers, attrs = extract_features(spec, image_table)
     assert attrs["stream"] == "vision" and attrs["n_hidden_states"] == 3
     _, _, model = _reference(mllms["llava"], image_table, IMAGE_TOKEN, False)

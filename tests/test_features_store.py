@@ -110,7 +110,8 @@ def test_kill_9_mid_extraction_then_rerun(tiny_vit, tmp_path):
     out = tmp_path / "features.zarr"
     args = ["features", "--model", "tiny", "--spec", json.dumps(spec),
             "--stimuli", str(tmp_path / "img" / "stimuli.tsv"), "--out", str(out)]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
+    path = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "alignment.cli", *args], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     progress = partial_path(out) / "progress.json"
