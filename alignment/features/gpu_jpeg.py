@@ -127,7 +127,7 @@ def _decode_batch(nv, decoder, params, paths, device, stream, hdf5):
                 if t.dim() != 3 or t.shape[2] != 3 or t.dtype != torch.uint8:
                     t = None  # e.g. a 16-bit or CMYK image: PIL converts it as the processor does
             if t is None:  # PIL names a file that cannot be read
-                t = torch.from_numpy(np.asarray(open_image(paths[k], hdf5))).to(device)
+                t = torch.from_numpy(np.array(open_image(paths[k], hdf5))).to(device)
             pixels.append(t)
         shapes = np.array([t.shape[:2] for t in pixels], dtype=np.int64).reshape(-1, 2)
         flat = torch.cat([t.reshape(-1) for t in pixels])
